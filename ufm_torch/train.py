@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import conf
+from ufm_torch.run_status import DivergenceError, RunStatus
 from ufm_torch.validation import ConfigError, check_group_choices, validate_config
 
 CONFIG_DIR = Path(conf.__file__).parent
@@ -35,17 +36,47 @@ def build_and_fit(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra task: one training run in its own run folder."""
+    """Hydra task: one training run in its own run folder, its outcome recorded in ``status.json``.
+
+    A config mistake ends a single run with exit code 2 and one line on stderr (nothing is written); a
+    diverged run exits 3 with the step and value. In a multirun every outcome is recorded and the sweep goes on.
+    """
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    status = RunStatus(Path(cfg.run_dir))
     try:
         validate_config(cfg)
     except ConfigError as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return _report_failure(status, "failed", error, exit_code=None if in_sweep else 2)
+    status.write("running")
+    try:
+        metrics = build_and_fit(cfg)
+    except DivergenceError as error:
+        return _report_failure(status, "diverged", error, exit_code=None if in_sweep else 3)
+    except Exception as error:
+        if not in_sweep:
+            status.write("failed", error=_one_line(error))
             raise
-        print(f"ufm-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    metrics = build_and_fit(cfg)
+        return _report_failure(status, "failed", error, exit_code=None)
+    status.write("finished", final_metrics=metrics)
     print(f"Run folder: {cfg.run_dir}")
     return metrics
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` on a single line."""
+    message = " ".join(str(error).split())
+    return message if isinstance(error, ConfigError | DivergenceError) else f"{type(error).__name__}: {message}"
+
+
+def _report_failure(status: RunStatus, outcome: str, error: BaseException, exit_code: int | None) -> dict[str, Any]:
+    """Print one line, record the outcome (except for config mistakes of a single run) and exit if asked."""
+    print(f"ufm-train: error: {_one_line(error)}", file=sys.stderr)
+    if exit_code == 2:
+        sys.exit(exit_code)
+    status.write(outcome, error=_one_line(error))
+    if exit_code is not None:
+        sys.exit(exit_code)
+    return {"status": outcome}
 
 
 def main() -> None:

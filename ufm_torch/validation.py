@@ -100,7 +100,7 @@ def _bias_stability_limit(cfg: DictConfig) -> float | None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check every user-facing key of ``cfg``; raise :class:`ConfigError` on the first mistake, warn on hopeless settings."""
+    """Check every user-facing key; raise :class:`ConfigError` on the first mistake, warn on hopeless settings."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} has no value; set it on the command line ({missing[0]}=...)")

@@ -37,7 +37,8 @@ class UnconstrainedFeatures(nn.Module):
 
     Initialisation (Section 2): for each replica, H₀ and W₀ are Gaussian directions rescaled so that
     ‖H₀‖_F = ‖W₀‖_F = ε and b₀ = 0. Replicas are ordered scale-major: replica ``r`` has init scale
-    ``init_scales[r]`` and copy index ``r % replicas``, seeded by :func:`replica_seeds`.
+    ``init_scales[r]``, copy index ``copy_indices[r] = r % replicas`` and seed ``seeds[r]`` from
+    :func:`replica_seeds`.
     Inputs are sample indices; ``forward`` returns logits of shape ``(R, B, C)``.
     """
 
@@ -56,8 +57,9 @@ class UnconstrainedFeatures(nn.Module):
         self.samples_per_class = samples_per_class
         self.feature_dim = feature_dim
         self.init_scales = expand_init_scales(init_scale, replicas)
+        self.copy_indices = [r % replicas for r in range(len(self.init_scales))]
         copy_seeds = replica_seeds(seed, replicas)
-        self.seeds = [copy_seeds[r % replicas] for r in range(len(self.init_scales))]
+        self.seeds = [copy_seeds[copy] for copy in self.copy_indices]
         num_samples = num_classes * samples_per_class
         features, weight = [], []
         for scale, replica_seed in zip(self.init_scales, self.seeds, strict=True):
@@ -66,11 +68,10 @@ class UnconstrainedFeatures(nn.Module):
             weight.append(scale * random_direction((num_classes, feature_dim), generator))
         target_dtype = getattr(torch, dtype)
         self.features = nn.Parameter(torch.stack(features).to(target_dtype))
-        self.head = LinearHead(num_classes, feature_dim, replica_shape=(len(self.init_scales),))
+        self.head = LinearHead(num_classes, feature_dim, replica_shape=(len(self.init_scales),), dtype=target_dtype)
         with torch.no_grad():
             self.head.weight.copy_(torch.stack(weight))
             self.head.bias.zero_()
-        self.head.to(target_dtype)
 
     @property
     def num_replicas(self) -> int:

@@ -1,4 +1,4 @@
-"""LightningDataModules. For the UFM a sample is a pair (sample index, label), class-major as in I_C ⊗ 1_Nᵀ."""
+"""The UFM's data module: a sample is a pair (sample index, label), class-major as in I_C ⊗ 1_Nᵀ."""
 
 from __future__ import annotations
 

@@ -1,0 +1,173 @@
+"""The collapse monitor: NC1–NC4, SNC1–SNC3 and dist_S on a geometric step schedule, for every replica."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from callbacks.metrics_log import MetricsLog
+from callbacks.schedule import evaluation_steps
+from callbacks.tensorboard_views import (
+    gram_comparison_image,
+    normalised_mean_gram,
+    open_replica_writers,
+    replica_run_name,
+    write_hparams,
+)
+from ufm_torch.metrics import collapse_metrics
+
+METRIC_GROUPS = {
+    "snc1": "strong_collapse",
+    "snc2": "strong_collapse",
+    "snc3": "strong_collapse",
+    "dist_S": "strong_collapse",
+}
+
+
+def metric_tag(name: str) -> str:
+    """TensorBoard tag of a metric: ``strong_collapse/…`` for SNC and dist_S, ``collapse/…`` for NC."""
+    return f"{METRIC_GROUPS.get(name, 'collapse')}/{name}"
+
+
+class CollapseMonitor(L.Callback):
+    """Evaluates every collapse metric on the whole training set at scheduled steps and writes it everywhere.
+
+    Schedule: :func:`callbacks.schedule.evaluation_steps` (step 0, ``points_per_decade`` geometric points per
+    decade, every ``every_n_steps`` steps if set, and the last step). Each evaluation goes to ``metrics.jsonl``
+    in ``output_dir`` (float64, one line per replica), to each TensorBoard replica run ``eps=<ε>/rep=<k>``
+    under the TensorBoard logger's folder, and to any other logger with a ``/eps=<ε>/rep=<k>`` suffix.
+    Gram-matrix images are added at ``gram_images`` evaluations spread over the schedule.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        points_per_decade: int = 10,
+        every_n_steps: int | None = None,
+        gram_images: int = 4,
+    ) -> None:
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.points_per_decade = points_per_decade
+        self.every_n_steps = every_n_steps
+        self.gram_images = gram_images
+        self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl")
+        self.schedule: set[int] = set()
+        self.image_steps: set[int] = set()
+        self.writers: list[Any] = []
+        self.last_records: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Build the schedule, open the log (dropping records past a resumed checkpoint) and evaluate the start."""
+        steps = evaluation_steps(trainer.max_steps, self.points_per_decade, self.every_n_steps)
+        self.schedule = set(steps)
+        picks = torch.linspace(0, len(steps) - 1, max(self.gram_images, 1)).round().long().unique()
+        self.image_steps = {steps[i] for i in picks.tolist()} if self.gram_images else set()
+        network = pl_module.network
+        if trainer.is_global_zero:
+            self.metrics_log.open(trainer.global_step, replicas=network.num_replicas)
+            names = [replica_run_name(s, k) for s, k in zip(network.init_scales, network.copy_indices, strict=True)]
+            tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+            if tensorboard is not None:
+                self.writers = open_replica_writers(Path(tensorboard.log_dir), names)
+        self._evaluate_if_due(trainer, pl_module, trainer.global_step, force=trainer.global_step == 0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """Evaluate when the step just taken is on the schedule."""
+        self._evaluate_if_due(trainer, pl_module, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Evaluate the last step (also when stopped early), write HPARAMS and close every file."""
+        self._evaluate_if_due(trainer, pl_module, trainer.global_step, force=True)
+        if trainer.is_global_zero:
+            self._write_hparams(trainer, pl_module)
+            for writer in self.writers:
+                writer.close()
+            self.metrics_log.close()
+
+    def _evaluate_if_due(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, force: bool = False
+    ) -> None:
+        if (step in self.schedule or force) and step not in self.metrics_log.logged_steps:
+            self.evaluate(trainer, pl_module, step)
+
+    @torch.no_grad()
+    def measure(self, pl_module: L.LightningModule, labels: Tensor) -> dict[str, Tensor]:
+        """Every metric per replica, as float64 tensors of shape ``(R,)``: collapse metrics, loss and accuracy."""
+        network = pl_module.network
+        features, weight, bias = network.features, network.head.weight, network.head.bias
+        labels = labels.to(features.device)
+        logits = network.head(features)
+        values = {metric_tag(name): value for name, value in collapse_metrics(features, labels, weight, bias).items()}
+        values["train/loss"] = pl_module.loss_fn(logits, labels).to(torch.float64)
+        values["train/accuracy"] = (logits.argmax(-1) == labels).to(torch.float64).mean(-1)
+        return values
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        """Measure at ``step`` and write one record per replica to the log, the loggers and TensorBoard."""
+        labels = trainer.datamodule.labels
+        values = self.measure(pl_module, labels)
+        if not trainer.is_global_zero:
+            return
+        names = list(values)
+        table = torch.stack([values[name] for name in names], dim=-1).cpu().tolist()
+        network = pl_module.network
+        records = [
+            {
+                "step": step,
+                "replica": r,
+                "init_scale": network.init_scales[r],
+                "copy": network.copy_indices[r],
+                "seed": network.seeds[r],
+            }
+            | dict(zip(names, row, strict=True))
+            for r, row in enumerate(table)
+        ]
+        self.metrics_log.write(records)
+        self.last_records = records
+        for writer, record in zip(self.writers, records, strict=False):
+            for name in names:
+                writer.add_scalar(name, record[name], step)
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                logger.log_metrics(
+                    {
+                        f"{name}/{replica_run_name(rec['init_scale'], rec['copy'])}": rec[name]
+                        for rec in records
+                        for name in names
+                    },
+                    step,
+                )
+        if step in self.image_steps and self.writers:
+            grams = normalised_mean_gram(
+                network.features.detach(), labels.to(network.features.device), network.num_classes
+            )
+            for writer, gram in zip(self.writers, grams.cpu().numpy(), strict=False):
+                writer.add_image("collapse/gram_vs_simplex_etf", gram_comparison_image(gram), step, dataformats="HWC")
+        for writer in self.writers:
+            writer.flush()
+
+    def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Per replica run: hyperparameters (ε, seed, C, N, p, lr, optimiser) against its final metrics."""
+        network = pl_module.network
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        shared = {
+            "num_classes": network.num_classes,
+            "samples_per_class": getattr(network, "samples_per_class", 0),
+            "feature_dim": network.feature_dim,
+            "optimizer": type(optimizer).__name__ if optimizer else "none",
+            "lr": float(optimizer.param_groups[0]["lr"]) if optimizer else 0.0,
+        }
+        for writer, record in zip(self.writers, self.last_records, strict=False):
+            final = {k: v for k, v in record.items() if "/" in k}
+            hyper = shared | {
+                "init_scale": record["init_scale"],
+                "seed": str(record["seed"]),
+                "replica": record["replica"],
+            }
+            write_hparams(writer, hyper, final, record["step"])

@@ -1,0 +1,62 @@
+"""``metrics.jsonl``: one JSON object per evaluation and replica, flushed as written, safe to resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+
+class MetricsLog:
+    """Appends records to ``path`` line by line; on resume keeps only records up to the resumed step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self.logged_steps: set[int] = set()
+
+    def open(self, resume_step: int, replicas: int) -> None:
+        """Open for appending, keeping only whole evaluations (all ``replicas`` records) up to ``resume_step``.
+
+        Records written after the checkpoint that training resumes from, or cut short by a kill, are dropped
+        (atomically: write a temporary file, then rename), so the resumed run neither repeats nor skips a step.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            records = [record for line in self.path.read_text().splitlines() if (record := _parse(line))]
+            counts = Counter(record["step"] for record in records)
+            kept = [r for r in records if r["step"] <= resume_step and counts[r["step"]] == replicas]
+            temporary = self.path.with_suffix(".jsonl.tmp")
+            temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
+            os.replace(temporary, self.path)
+            self.logged_steps = {record["step"] for record in kept}
+        self._file = self.path.open("a")
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` (one evaluation, every replica) and flush to disk."""
+        assert self._file is not None, "MetricsLog.open must be called first"
+        self._file.write("".join(json.dumps(record) + "\n" for record in records))
+        self._file.flush()
+        self.logged_steps.update(record["step"] for record in records)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """The record on ``line``, or None for a line cut short by a kill."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file, in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

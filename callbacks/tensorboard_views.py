@@ -1,0 +1,71 @@
+"""TensorBoard views of the collapse metrics: one run per replica, chart layout, HPARAMS and Gram images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+NC_TAGS = ["collapse/nc1", "collapse/nc2_etf", "collapse/nc3", "collapse/nc4"]
+SNC_TAGS = ["strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S"]
+CUSTOM_SCALARS_LAYOUT = {
+    "Neural collapse": {"NC1–NC4": ["Multiline", NC_TAGS]},
+    "Strong neural collapse": {"SNC1–SNC3 and distance to S": ["Multiline", SNC_TAGS]},
+}
+
+
+def replica_run_name(init_scale: float, copy: int) -> str:
+    """TensorBoard run of one replica: ``eps=<ε>/rep=<copy>``."""
+    return f"eps={init_scale:g}/rep={copy}"
+
+
+def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[SummaryWriter]:
+    """One SummaryWriter per replica under ``log_dir``, each with the custom-scalars layout."""
+    writers = [SummaryWriter(log_dir=str(log_dir / name)) for name in run_names]
+    for writer in writers:
+        writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+    return writers
+
+
+def write_hparams(
+    writer: SummaryWriter, hyperparameters: dict[str, Any], final_metrics: dict[str, float], step: int
+) -> None:
+    """An HPARAMS entry in ``writer``'s own run (not a new sub-run): hyperparameters against ``hp/…`` metrics."""
+    metric_dict = {f"hp/{name.split('/')[-1]}": value for name, value in final_metrics.items()}
+    experiment, session_start, session_end = hparams(hyperparameters, metric_dict)
+    for summary in (experiment, session_start, session_end):
+        writer.file_writer.add_summary(summary)
+    for name, value in metric_dict.items():
+        writer.add_scalar(name, value, step)
+
+
+def simplex_etf_gram(num_classes: int) -> np.ndarray:
+    """Gram matrix of the simplex ETF: ``C/(C−1) I − 1/(C−1) 11ᵀ`` (Papyan et al., NC2)."""
+    return (num_classes * np.eye(num_classes) - np.ones((num_classes, num_classes))) / (num_classes - 1)
+
+
+def gram_comparison_image(gram: np.ndarray, cell_pixels: int = 16) -> np.ndarray:
+    """HWC uint8 image: ``gram`` (M̃ᵀM̃) and the simplex ETF side by side, colours on [−1, 1] (coolwarm)."""
+    num_classes = gram.shape[0]
+    separator = np.full((num_classes, 1), np.nan)
+    panel = np.concatenate([gram, separator, simplex_etf_gram(num_classes)], axis=1)
+    colours = colormaps["coolwarm"]((np.nan_to_num(panel, nan=0.0) + 1.0) / 2.0)[..., :3]
+    colours[np.isnan(panel)] = 1.0
+    image = np.kron(colours, np.ones((cell_pixels, cell_pixels, 1)))
+    return (255 * image).astype(np.uint8)
+
+
+def normalised_mean_gram(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``M̃ᵀM̃``: cosines between centred class means, shape ``(..., C, C)`` (float64)."""
+    features = features.to(torch.float64)
+    counts = torch.bincount(labels, minlength=num_classes).to(features)
+    sums = features.new_zeros(*features.shape[:-2], num_classes, features.shape[-1])
+    means = sums.index_add(-2, labels, features) / counts.unsqueeze(-1)
+    centred = means - means.mean(dim=-2, keepdim=True)
+    unit = centred / centred.norm(dim=-1, keepdim=True)
+    return unit @ unit.transpose(-1, -2)

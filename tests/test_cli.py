@@ -1,0 +1,54 @@
+"""End-to-end runs of ``ufm-train`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from callbacks.metrics_log import read_metrics
+from callbacks.schedule import evaluation_steps
+from tests.conftest import run_ufm_train
+
+
+def scalar_tags(log_dir: Path) -> set[str]:
+    """Scalar tags in the TensorBoard events of one run folder."""
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"])
+
+
+def test_short_run_writes_hydra_tensorboard_checkpoint_and_metrics(tmp_path: Path, short_run_overrides) -> None:
+    result = run_ufm_train(
+        *short_run_overrides, "model.init_scale=[0.1,0.001]", "model.replicas=2", "trainer.log_every_n_steps=10",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    assert f"Run folder: {run}" in result.stdout
+    assert (run / ".hydra" / "config.yaml").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert "train/loss" in scalar_tags(run / "tb")
+    replica_runs = sorted(path.relative_to(run / "tb").as_posix() for path in (run / "tb").glob("eps=*/rep=*"))
+    assert replica_runs == ["eps=0.001/rep=0", "eps=0.001/rep=1", "eps=0.1/rep=0", "eps=0.1/rep=1"]
+    tags = scalar_tags(run / "tb" / "eps=0.1" / "rep=1")
+    assert {"collapse/nc1", "collapse/nc4", "strong_collapse/snc1", "strong_collapse/dist_S", "train/loss"} <= tags
+    records = read_metrics(run / "metrics.jsonl")
+    assert sorted({record["step"] for record in records}) == evaluation_steps(40)
+    assert len(records) == 4 * len(evaluation_steps(40))
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+def test_resuming_from_last_checkpoint_continues_the_step_count(tmp_path: Path, short_run_overrides) -> None:
+    first = run_ufm_train(*short_run_overrides, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_ufm_train(*short_run_overrides[:1], "trainer.max_steps=100", "ckpt_path=last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    run = tmp_path / "run"
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 100
+    steps = [record["step"] for record in read_metrics(run / "metrics.jsonl")]
+    assert steps == sorted(set(steps)), "an evaluation was written twice"
+    assert steps[-1] == 100 and 40 in steps and all(step in steps for step in evaluation_steps(100) if step > 40)

@@ -1,0 +1,79 @@
+"""Bad input ends ufm-train with exit code 2 and one readable line, before anything is trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from tests.conftest import run_ufm_train
+from ufm_torch.validation import ConfigError, validate_config
+
+BAD_OVERRIDES = [
+    ("model.init_scale=-1", "model.init_scale"),
+    ("model.init_scale=0", "model.init_scale"),
+    ("model.init_scale=[1.0,-0.1]", "model.init_scale"),
+    ("data.num_classes=1", "data.num_classes"),
+    ("data.num_classes=two", "data.num_classes"),
+    ("model.feature_dim=0", "model.feature_dim"),
+    ("model.feature_dim=1.5", "model.feature_dim"),
+    ("model.replicas=0", "model.replicas"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.lr=-0.1", "optimizer.lr"),
+    ("optimizer.momentum=1.0", "optimizer.momentum"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("seed=-3", "seed"),
+    ("seed=abc", "seed"),
+    ("seed=null", "seed"),
+    ("module.loss=hinge", "module.loss"),
+    ("optimizer.lr=0.25", "optimizer.lr"),
+    ("trainer.precision=8", "trainer.precision"),
+]
+
+
+def compose_train(*overrides: str):
+    """The composed ``train`` config with ``overrides``."""
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(config_name="train", overrides=[*overrides, "run_dir=unused"])
+
+
+@pytest.mark.parametrize(("override", "key"), BAD_OVERRIDES)
+def test_bad_value_is_rejected_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
+        validate_config(compose_train(override))
+    assert "\n" not in str(error.value)
+
+
+def test_default_config_is_valid() -> None:
+    validate_config(compose_train())
+
+
+def test_unstable_step_size_runs_only_when_allowed() -> None:
+    validate_config(compose_train("optimizer.lr=0.25", "allow_unstable=true"))
+
+
+def test_momentum_widens_the_stable_step_size() -> None:
+    validate_config(compose_train("optimizer=momentum", "optimizer.lr=0.3"))
+    with pytest.raises(ConfigError, match="optimizer.lr"):
+        validate_config(compose_train("optimizer=momentum", "optimizer.lr=0.43"))
+
+
+def test_feature_dim_below_c_minus_one_warns_about_theorem_3() -> None:
+    with pytest.warns(UserWarning, match="Theorem 3"):
+        validate_config(compose_train("data.num_classes=5", "model.feature_dim=2"))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("model.init_scale=-1", "model.init_scale"), ("data.num_classes=1", "data.num_classes"),
+     ("model.feature_dim=0", "model.feature_dim"), ("optimizer=rmsprop", "optimizer=rmsprop"),
+     ("seed=abc", "seed")],
+)
+def test_cli_exits_2_with_one_line_and_trains_nothing(tmp_path: Path, override: str, key: str) -> None:
+    result = run_ufm_train(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

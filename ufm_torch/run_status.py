@@ -1,0 +1,37 @@
+"""``status.json`` in a run folder: running, finished, diverged or failed, with the error line and wall time."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or parameter; the message names the step, the value and a hint."""
+
+
+class RunStatus:
+    """Writes the status of one run atomically (temporary file, then rename) so a reader never sees half a file."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / STATUS_FILE
+        self.started = time.perf_counter()
+
+    def write(self, status: str, error: str | None = None, **extra: Any) -> None:
+        """Record ``status`` with the wall time since construction."""
+        record = {"status": status, "error": error, "wall_time_s": time.perf_counter() - self.started} | extra
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(temporary, self.path)
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """The recorded status of a run folder, or None when it has none."""
+    path = Path(run_dir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
