@@ -1,0 +1,222 @@
+"""Neural collapse metrics NC1–NC4 (Papyan, Han & Donoho 2020, PNAS; Mixon et al., Section 1), batched.
+
+Notation (DESIGN.md, "Metric definitions"): ``μ_c`` class means, ``μ_G = (1/C) Σ_c μ_c``,
+``M̄ = [μ_c − μ_G]`` (``p × C``), ``Σ_W = (1/n) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ``, ``Σ_B = M̄M̄ᵀ/C``,
+``M̃`` the columns of ``M̄`` normalised to unit length. Every "std" is the population standard deviation
+(``correction=0``). Results are float64 of shape ``...`` (the replica dimensions).
+
+Degenerate inputs give NaN and a :class:`CollapseMetricWarning`: ``C < 2`` (every metric), a class without
+samples (every metric of the means), class means that coincide (``max_c ‖μ_c − μ_G‖ ≤ 1e-12 · max_c ‖μ_c‖``,
+the level of rounding: NC1 and NC2–NC3), a class mean at ``μ_G`` (the cosines of ``M̃``), ``W = 0``
+(``nc2_equinorm_classifier``, ``nc3``) and non-finite inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ufm_torch.metrics.statistics import (
+    ClassStatistics,
+    class_statistics,
+    divisor,
+    largest_magnitude,
+    mask_undefined,
+    power_of_two_scale,
+    warn_undefined,
+)
+
+NC_METRIC_NAMES = (
+    "nc1",
+    "nc1_quotient",
+    "nc2_equinorm_means",
+    "nc2_equinorm_classifier",
+    "nc2_equiangle",
+    "nc2_maxangle",
+    "nc2_etf",
+    "nc3",
+    "nc4",
+)
+
+SPREAD_TOLERANCE = 1e-12
+"""Class means closer to ``μ_G`` than this, relative to the largest ``‖μ_c‖``, count as coinciding."""
+
+
+def orthonormal_complement_of_ones(num_classes: int, like: Tensor) -> Tensor:
+    """Helmert basis ``Q`` ``(C, C−1)`` of ``1^⊥`` (``QᵀQ = I``, ``Qᵀ1 = 0``).
+
+    Column ``k`` is ``(1, …, 1, −k, 0, …, 0)/√(k(k+1))`` with ``k`` ones.
+    """
+    rows = torch.arange(num_classes, dtype=like.dtype, device=like.device)[:, None]
+    k = torch.arange(1, num_classes, dtype=like.dtype, device=like.device)[None, :]
+    entries = torch.where(rows < k, 1.0, torch.where(rows == k, -k, 0.0))
+    return entries / torch.sqrt(k * (k + 1))
+
+
+def within_to_between_trace(statistics: ClassStatistics, centred_means: Tensor) -> Tensor:
+    """NC1 ``Tr(Σ_W Σ_B⁺)/C = Σ_k u_kᵀ Σ_W u_k / s_k²`` over the SVD ``M̄ = Σ_k s_k u_k v_kᵀ`` (Papyan et al., NC1).
+
+    ``Σ_B⁺ = C Σ_k u_k u_kᵀ / s_k²``. The SVD is of ``M̄Q`` (``p × (C−1)``, ``Q`` an orthonormal basis of
+    ``1^⊥``), which has the same ``u_k, s_k`` as ``M̄`` because ``M̄1 = 0``, without the rounding-level
+    singular value of the centring; ranks below ``max(C−1, p)·ε·s_max`` are dropped. Cost O(npC).
+    """
+    basis = orthonormal_complement_of_ones(statistics.num_classes, centred_means)
+    spanned = basis.transpose(0, 1) @ centred_means
+    _, singular_values, directions = torch.linalg.svd(spanned, full_matrices=False)
+    tolerance = max(spanned.shape[-2:]) * torch.finfo(spanned.dtype).eps
+    kept = singular_values > tolerance * singular_values[..., :1]
+    within = statistics.within_scatter.quadratic_form(directions) / statistics.num_samples
+    return torch.where(kept, within / singular_values.square(), 0.0).sum(dim=-1)
+
+
+def undefined_for_one_class(
+    names: list[str], statistics: ClassStatistics, weight: Tensor
+) -> dict[str, Tensor]:
+    """All ``names`` NaN (with a warning): NC1–NC4 need ``C ≥ 2`` classes."""
+    warn_undefined(names, torch.tensor(False), f"they need C ≥ 2 classes, got C = {statistics.num_classes}")
+    shape = torch.broadcast_shapes(statistics.scale.shape, weight.shape[:-2])
+    return {name: weight.new_full(shape, torch.nan, dtype=torch.float64) for name in names}
+
+
+def coefficient_of_variation(values: Tensor) -> Tensor:
+    """``std/mean`` along the last dimension (population std)."""
+    return values.std(dim=-1, correction=0) / values.mean(dim=-1)
+
+
+@torch.no_grad()
+def nc_metrics_from_statistics(
+    statistics: ClassStatistics, weight: Tensor, bias: Tensor | None = None
+) -> dict[str, Tensor]:
+    """NC1–NC3 from class statistics (Papyan, Han & Donoho 2020; DESIGN "Metric definitions"): every key but ``nc4``.
+
+    - ``nc1 = Tr(Σ_W Σ_B⁺)/C``, ``nc1_quotient = tr Σ_W / tr Σ_B``;
+    - ``nc2_equinorm_means = std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖``, ``nc2_equinorm_classifier`` the same for
+      ``‖w_c‖``; ``nc2_equiangle = std_{c≠c'} cos(μ̃_c, μ̃_c')``, ``nc2_maxangle = mean_{c≠c'} |cos + 1/(C−1)|``,
+      ``nc2_etf = ‖M̃ᵀM̃ − (C/(C−1))I + (1/(C−1))11ᵀ‖_F`` (Mixon et al., NC2);
+    - ``nc3 = ‖Wᵀ/‖W‖_F − M̃/‖M̃‖_F‖_F`` (Mixon et al., NC3).
+
+    ``nc4`` needs per-sample features: :func:`nearest_center_mismatches` or ``NearestCenterMismatch``.
+    ``bias`` does not enter NC1–NC3; it is accepted so that both ``*_from_statistics`` share a signature.
+    """
+    del bias
+    num_classes = statistics.num_classes
+    weight = weight.to(torch.float64)
+    names = [name for name in NC_METRIC_NAMES if name != "nc4"]
+    if num_classes < 2:
+        return undefined_for_one_class(names, statistics, weight)
+
+    means = statistics.scaled_means
+    finite = means.isfinite().all(dim=-1).all(dim=-1) & statistics.within_scatter.trace().isfinite()
+    means = torch.where(finite[..., None, None], means, 0.0)
+    centred = means - means.mean(dim=-2, keepdim=True)
+    centred_norms = centred.norm(dim=-1)
+    largest_mean = means.norm(dim=-1).amax(dim=-1)
+    between_trace = centred.square().sum(dim=(-1, -2)) / num_classes
+    within_trace = statistics.within_scatter.trace() / statistics.num_samples
+
+    unit = centred / divisor(centred_norms)[..., None]
+    cosines = unit @ unit.transpose(-1, -2)
+    identity = torch.eye(num_classes, dtype=torch.float64, device=cosines.device)
+    simplex_gram = (num_classes * identity - 1) / (num_classes - 1)
+    off_diagonal = cosines[..., identity == 0]
+
+    scaled_weight = weight / divisor(power_of_two_scale(largest_magnitude(weight, 2)))[..., None, None]
+    weight_norm = scaled_weight.norm(dim=(-1, -2))
+    unit_norm = unit.norm(dim=(-1, -2))
+    values = {
+        "nc1": within_to_between_trace(statistics, centred),
+        "nc1_quotient": within_trace / between_trace,
+        "nc2_equinorm_means": coefficient_of_variation(centred_norms),
+        "nc2_equinorm_classifier": coefficient_of_variation(scaled_weight.norm(dim=-1)),
+        "nc2_equiangle": off_diagonal.std(dim=-1, correction=0),
+        "nc2_maxangle": (off_diagonal + 1 / (num_classes - 1)).abs().mean(dim=-1),
+        "nc2_etf": (cosines - simplex_gram).norm(dim=(-1, -2)),
+        "nc3": (
+            scaled_weight / divisor(weight_norm)[..., None, None]
+            - unit / divisor(unit_norm)[..., None, None]
+        ).norm(dim=(-1, -2)),
+    }
+    mean_names = [name for name in names if name != "nc2_equinorm_classifier"]
+    empty = (statistics.counts == 0).nonzero().flatten().tolist()
+    mask_undefined(values, mean_names, torch.tensor(not empty, device=means.device), f"classes {empty} have no samples")
+    mask_undefined(values, names, finite, "the features are not finite")
+    spread = centred_norms.amax(dim=-1) > SPREAD_TOLERANCE * largest_mean
+    mask_undefined(values, mean_names, spread | ~finite, "the class means coincide (no between-class spread)")
+    mask_undefined(
+        values,
+        ["nc2_equiangle", "nc2_maxangle", "nc2_etf", "nc3"],
+        (centred_norms.amin(dim=-1) > SPREAD_TOLERANCE * largest_mean) | ~spread | ~finite,
+        "a class mean equals the global mean μ_G, so its direction is undefined",
+    )
+    mask_undefined(values, ["nc2_equinorm_classifier", "nc3"], weight_norm > 0, "W = 0")
+    return values
+
+
+@torch.no_grad()
+def nearest_center_mismatches(
+    features: Tensor, weight: Tensor, bias: Tensor, class_means: Tensor
+) -> Tensor:
+    """Number of samples with ``argmax_c (Wh + b)_c ≠ argmin_c ‖h − μ_c‖`` (Mixon et al., NC4), shape ``(...)``.
+
+    Features and means share a power-of-two scale ``s``, ``W`` its own ``t``; the classifier is evaluated
+    as ``(W/t)(h/s) + b/(ts)``, which has the same argmax. Non-finite inputs give NaN.
+    """
+    features = features.to(torch.float64)
+    weight = weight.to(torch.float64)
+    bias = bias.to(torch.float64)
+    class_means = class_means.to(torch.float64)
+    feature_scale = divisor(
+        power_of_two_scale(torch.maximum(largest_magnitude(features, 2), largest_magnitude(class_means, 2)))
+    )[..., None, None]
+    weight_scale = divisor(power_of_two_scale(largest_magnitude(weight, 2)))[..., None]
+    scaled_features = features / feature_scale
+    scaled_means = class_means / feature_scale
+    logits = scaled_features @ (weight / weight_scale[..., None]).transpose(-1, -2) + (
+        bias / weight_scale / feature_scale[..., 0]
+    ).unsqueeze(-2)
+    centre = scaled_means.mean(dim=-2, keepdim=True)
+    centred_means = scaled_means - centre
+    projections = (scaled_features @ centred_means.transpose(-1, -2)) - centre @ centred_means.transpose(-1, -2)
+    distance_offsets = centred_means.square().sum(dim=-1).unsqueeze(-2) - 2 * projections
+    mismatches = (logits.argmax(dim=-1) != distance_offsets.argmin(dim=-1)).sum(dim=-1)
+    finite = logits.isfinite().all(dim=-1).all(dim=-1) & distance_offsets.isfinite().all(dim=-1).all(
+        dim=-1
+    )
+    return torch.where(finite, mismatches.to(torch.float64), torch.nan)
+
+
+def nc4_from_statistics(
+    features: Tensor, weight: Tensor, bias: Tensor, statistics: ClassStatistics
+) -> Tensor:
+    """NC4 fraction ``(1/n) #{i : argmax(Wh_i + b) ≠ argmin_c ‖h_i − μ_c‖}`` (Papyan et al. 2020, NC4)."""
+    empty = (statistics.counts == 0).nonzero().flatten().tolist()
+    if empty:
+        warn_undefined(["nc4"], torch.tensor(False), f"classes {empty} have no samples")
+        shape = torch.broadcast_shapes(statistics.scale.shape, weight.shape[:-2])
+        return statistics.scale.new_full(shape, torch.nan)
+    values = {"nc4": nearest_center_mismatches(features, weight, bias, statistics.means) / statistics.num_samples}
+    mask_undefined(values, ["nc4"], values["nc4"].isfinite(), "the inputs are not finite")
+    return values["nc4"]
+
+
+@torch.no_grad()
+def nc_metrics(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor) -> dict[str, Tensor]:
+    """Neural collapse metrics NC1–NC4 of ``features`` ``(..., n, p)`` (Papyan, Han & Donoho 2020, PNAS).
+
+    Keys :data:`NC_METRIC_NAMES`; definitions in :func:`nc_metrics_from_statistics` and
+    ``nc4 = (1/n) #{i : argmax(Wh_i + b) ≠ argmin_c ‖h_i − μ_c‖}``. Float64 ``(...)`` on the input's device.
+    """
+    return nc_metrics_with_statistics(
+        class_statistics(features, labels, weight.shape[-2]), features, weight, bias
+    )
+
+
+def nc_metrics_with_statistics(
+    statistics: ClassStatistics, features: Tensor, weight: Tensor, bias: Tensor
+) -> dict[str, Tensor]:
+    """All of :data:`NC_METRIC_NAMES` from statistics already computed from ``features``."""
+    if statistics.num_classes < 2:
+        return undefined_for_one_class(list(NC_METRIC_NAMES), statistics, weight)
+    values = nc_metrics_from_statistics(statistics, weight)
+    values["nc4"] = nc4_from_statistics(features, weight, bias, statistics)
+    return values
