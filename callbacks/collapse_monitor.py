@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,17 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from callbacks.backbone_measure import measure_backbone, replica_identities, run_name
 from callbacks.metrics_log import MetricsLog
 from callbacks.schedule import evaluation_steps
 from callbacks.tensorboard_views import (
     gram_comparison_image,
     normalised_mean_gram,
     open_replica_writers,
-    replica_run_name,
     write_hparams,
 )
 from ufm_torch.metrics import collapse_metrics
+from ufm_torch.models import UnconstrainedFeatures
 
 METRIC_GROUPS = {
     "snc1": "strong_collapse",
@@ -57,6 +59,7 @@ class CollapseMonitor(L.Callback):
         self.every_n_steps = every_n_steps
         self.gram_images = gram_images
         self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl")
+        self.steps: list[int] = []
         self.schedule: set[int] = set()
         self.image_steps: set[int] = set()
         self.writers: list[Any] = []
@@ -65,13 +68,14 @@ class CollapseMonitor(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build the schedule, open the log (dropping records past a resumed checkpoint) and evaluate the start."""
         steps = evaluation_steps(trainer.max_steps, self.points_per_decade, self.every_n_steps)
+        self.steps = steps
         self.schedule = set(steps)
         picks = torch.linspace(0, len(steps) - 1, max(self.gram_images, 1)).round().long().unique()
         self.image_steps = {steps[i] for i in picks.tolist()} if self.gram_images else set()
         network = pl_module.network
         if trainer.is_global_zero:
             self.metrics_log.open(trainer.global_step, replicas=network.num_replicas)
-            names = [replica_run_name(s, k) for s, k in zip(network.init_scales, network.copy_indices, strict=True)]
+            names = [run_name(scale, copy) for scale, copy, _ in replica_identities(network)]
             tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
             if tensorboard is not None:
                 self.writers = open_replica_writers(Path(tensorboard.log_dir), names)
@@ -90,16 +94,27 @@ class CollapseMonitor(L.Callback):
                 writer.close()
             self.metrics_log.close()
 
+    def next_due_step(self, step: int) -> int | None:
+        """The first scheduled evaluation after ``step`` (fused gradient steps stop there)."""
+        index = bisect.bisect_right(self.steps, step)
+        return self.steps[index] if index < len(self.steps) else None
+
     def _evaluate_if_due(
         self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, force: bool = False
     ) -> None:
-        if (step in self.schedule or force) and step not in self.metrics_log.logged_steps:
+        # Only rank 0 keeps the log: its answer decides, so that every DDP process measures together.
+        if (step in self.schedule or force) and trainer.strategy.broadcast(step not in self.metrics_log.logged_steps):
             self.evaluate(trainer, pl_module, step)
 
     @torch.no_grad()
     def measure(self, pl_module: L.LightningModule, labels: Tensor) -> dict[str, Tensor]:
-        """Every metric per replica, as float64 tensors of shape ``(R,)``: collapse metrics, loss and accuracy."""
+        """Every metric per replica, as float64 tensors of shape ``(R,)``: collapse metrics, loss and accuracy.
+
+        A backbone (any network but the UFM) is measured by :func:`callbacks.backbone_measure.measure_backbone`.
+        """
         network = pl_module.network
+        if not isinstance(network, UnconstrainedFeatures):
+            return measure_backbone(pl_module.trainer, pl_module)
         features, weight, bias = network.features, network.head.weight, network.head.bias
         labels = labels.to(features.device)
         logits = network.head(features)
@@ -118,15 +133,9 @@ class CollapseMonitor(L.Callback):
         table = torch.stack([values[name] for name in names], dim=-1).cpu().tolist()
         network = pl_module.network
         records = [
-            {
-                "step": step,
-                "replica": r,
-                "init_scale": network.init_scales[r],
-                "copy": network.copy_indices[r],
-                "seed": network.seeds[r],
-            }
+            {"step": step, "replica": r, "init_scale": scale, "copy": copy, "seed": seed}
             | dict(zip(names, row, strict=True))
-            for r, row in enumerate(table)
+            for r, ((scale, copy, seed), row) in enumerate(zip(replica_identities(network), table, strict=True))
         ]
         self.metrics_log.write(records)
         self.last_records = records
@@ -137,13 +146,13 @@ class CollapseMonitor(L.Callback):
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(
                     {
-                        f"{name}/{replica_run_name(rec['init_scale'], rec['copy'])}": rec[name]
+                        f"{name}/{run_name(rec['init_scale'], rec['copy'])}": rec[name]
                         for rec in records
                         for name in names
                     },
                     step,
                 )
-        if step in self.image_steps and self.writers:
+        if step in self.image_steps and self.writers and isinstance(network, UnconstrainedFeatures):
             grams = normalised_mean_gram(
                 network.features.detach(), labels.to(network.features.device), network.num_classes
             )

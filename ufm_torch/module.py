@@ -1,4 +1,4 @@
-"""The LightningModule: one training step of a network (UFM or backbone) with a linear head."""
+"""The LightningModule: training steps of a network (UFM or backbone) with a linear head against one-hot labels."""
 
 from __future__ import annotations
 
@@ -8,20 +8,30 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ufm_torch.fused_descent import closed_form_steps
 from ufm_torch.losses import LOSSES
+from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.step_boundaries import steps_until_boundary
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 class CollapseModule(L.LightningModule):
-    """Trains ``network`` (which exposes ``head``, ``forward_features`` and ``forward``) against one-hot labels.
+    """Trains ``network`` (exposing ``head``, ``forward_features`` and ``forward``) against one-hot labels.
 
     The loss of a step is the sum over replicas of the per-replica loss, so every replica receives exactly the
     gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
-    parameters. Logged every step: ``train/loss`` and ``train/accuracy`` (means over replicas).
+    parameters. Logged per batch: ``train/loss`` and ``train/accuracy`` (means over replicas; the collapse
+    monitor logs them per replica).
+
+    Backbones train with Lightning's automatic optimisation. The UFM with the paper's loss on full batches takes
+    up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.fused_descent`), stopping at every
+    step a callback must see (:mod:`ufm_torch.step_boundaries`); ``global_step`` counts each of them.
     """
 
-    def __init__(self, network: nn.Module, optimizer: OptimizerFactory, loss: str = "sum_squared") -> None:
+    def __init__(
+        self, network: nn.Module, optimizer: OptimizerFactory, loss: str = "sum_squared", fused_steps: int = 1000
+    ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"module.loss={loss!r} is not one of {sorted(LOSSES)}")
@@ -29,18 +39,37 @@ class CollapseModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
+        self.fused_steps = fused_steps
+        self.automatic_optimization = not isinstance(network, UnconstrainedFeatures)
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits of the network for a batch of inputs."""
         return self.network(inputs)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Loss summed over replicas; logs its mean and the training accuracy."""
+        """One optimiser step (or a fused block of full-batch steps for the UFM); returns the summed loss."""
         inputs, labels = batch
+        if self.automatic_optimization:
+            logits = self.network(inputs)
+            return self._log_and_sum(self.loss_fn(logits, labels), logits, labels)
+        optimizer = self.optimizers()
+        if self.loss_name == "sum_squared" and inputs.shape[0] == self.network.features.shape[-2]:
+            row_labels = torch.empty_like(labels).index_copy_(0, inputs, labels)
+            steps = steps_until_boundary(self.trainer, self.fused_steps)
+            residual = closed_form_steps(self.network, row_labels, optimizer, steps)
+            logits = residual + torch.nn.functional.one_hot(row_labels, residual.shape[-1]).to(residual.dtype)
+            return self._log_and_sum(0.5 * residual.square().sum(dim=(-1, -2)), logits, row_labels)
+        optimizer.zero_grad()
         logits = self.network(inputs)
-        loss_per_replica = self.loss_fn(logits, labels)
-        accuracy = (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
-        self.log("train/loss", loss_per_replica.mean().detach(), prog_bar=True)
+        loss = self._log_and_sum(self.loss_fn(logits, labels), logits, labels)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss.detach()
+
+    def _log_and_sum(self, loss_per_replica: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        """Log the mean loss and accuracy over replicas; return the loss summed over replicas."""
+        accuracy = (logits.detach().argmax(dim=-1) == labels).to(logits.dtype).mean()
+        self.log("train/loss", loss_per_replica.detach().mean(), prog_bar=True)
         self.log("train/accuracy", accuracy)
         return loss_per_replica.sum()
 
