@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
@@ -15,12 +16,13 @@ from callbacks.backbone_measure import measure_backbone, replica_identities, run
 from callbacks.metrics_log import MetricsLog
 from callbacks.schedule import evaluation_steps
 from callbacks.tensorboard_views import (
+    add_scalars_event,
     gram_comparison_image,
     normalised_mean_gram,
     open_replica_writers,
     write_hparams,
 )
-from ufm_torch.metrics import collapse_metrics
+from ufm_torch.metrics import class_statistics, collapse_metrics
 from ufm_torch.models import UnconstrainedFeatures
 
 METRIC_GROUPS = {
@@ -43,7 +45,8 @@ class CollapseMonitor(L.Callback):
     decade, every ``every_n_steps`` steps if set, and the last step). Each evaluation goes to ``metrics.jsonl``
     in ``output_dir`` (float64, one line per replica), to each TensorBoard replica run ``eps=<ε>/rep=<k>``
     under the TensorBoard logger's folder, and to any other logger with a ``/eps=<ε>/rep=<k>`` suffix.
-    Gram-matrix images are added at ``gram_images`` evaluations spread over the schedule.
+    Gram-matrix images (first copy of each init scale) are added at ``gram_images`` evaluations spread over the
+    schedule.
     """
 
     def __init__(
@@ -85,14 +88,22 @@ class CollapseMonitor(L.Callback):
         """Evaluate when the step just taken is on the schedule."""
         self._evaluate_if_due(trainer, pl_module, trainer.global_step)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Close the log and the TensorBoard runs; what was written stays valid (no evaluation of a bad state)."""
+        self._close()
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Evaluate the last step (also when stopped early), write HPARAMS and close every file."""
         self._evaluate_if_due(trainer, pl_module, trainer.global_step, force=True)
         if trainer.is_global_zero:
             self._write_hparams(trainer, pl_module)
-            for writer in self.writers:
-                writer.close()
-            self.metrics_log.close()
+            self._close()
+
+    def _close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.writers = []
+        self.metrics_log.close()
 
     def next_due_step(self, step: int) -> int | None:
         """The first scheduled evaluation after ``step`` (fused gradient steps stop there)."""
@@ -140,8 +151,7 @@ class CollapseMonitor(L.Callback):
         self.metrics_log.write(records)
         self.last_records = records
         for writer, record in zip(self.writers, records, strict=False):
-            for name in names:
-                writer.add_scalar(name, record[name], step)
+            add_scalars_event(writer, {name: record[name] for name in names}, step)
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(
@@ -153,16 +163,20 @@ class CollapseMonitor(L.Callback):
                     step,
                 )
         if step in self.image_steps and self.writers and isinstance(network, UnconstrainedFeatures):
-            grams = normalised_mean_gram(
-                network.features.detach(), labels.to(network.features.device), network.num_classes
-            )
-            for writer, gram in zip(self.writers, grams.cpu().numpy(), strict=False):
-                writer.add_image("collapse/gram_vs_simplex_etf", gram_comparison_image(gram), step, dataformats="HWC")
-        for writer in self.writers:
-            writer.flush()
+            self._add_gram_images(network, labels, records, step)
+
+    def _add_gram_images(self, network: UnconstrainedFeatures, labels: Tensor, records: list[dict], step: int) -> None:
+        """M̃ᵀM̃ next to the simplex ETF, in the run of the first copy of each init scale."""
+        first_copies = [r for r, record in enumerate(records) if record["copy"] == 0]
+        means = class_statistics(network.features.detach()[first_copies], labels, network.num_classes).means
+        grams = normalised_mean_gram(means)
+        for replica, gram in zip(first_copies, grams.cpu().numpy(), strict=True):
+            image = gram_comparison_image(gram)
+            self.writers[replica].add_image("collapse/gram_vs_simplex_etf", image, step, dataformats="HWC")
 
     def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Per replica run: hyperparameters (ε, seed, C, N, p, lr, optimiser) against its final metrics."""
+        """Per replica run: hyperparameters (ε, seed, C, N, p, lr, optimiser, command-line overrides) against its
+        final metrics, so that the HPARAMS tab of a sweep folder compares the swept values."""
         network = pl_module.network
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         shared = {
@@ -171,7 +185,7 @@ class CollapseMonitor(L.Callback):
             "feature_dim": network.feature_dim,
             "optimizer": type(optimizer).__name__ if optimizer else "none",
             "lr": float(optimizer.param_groups[0]["lr"]) if optimizer else 0.0,
-        }
+        } | command_line_overrides()
         for writer, record in zip(self.writers, self.last_records, strict=False):
             final = {k: v for k, v in record.items() if "/" in k}
             hyper = shared | {
@@ -180,3 +194,11 @@ class CollapseMonitor(L.Callback):
                 "replica": record["replica"],
             }
             write_hparams(writer, hyper, final, record["step"])
+
+
+def command_line_overrides() -> dict[str, str]:
+    """``key: value`` of the Hydra task overrides of this run (the swept values in a multirun); empty outside Hydra."""
+    if not HydraConfig.initialized():
+        return {}
+    overrides = (override.lstrip("+~").partition("=") for override in HydraConfig.get().overrides.task)
+    return {key: value for key, _, value in overrides if key not in ("hydra.run.dir", "hydra.sweep.dir")}

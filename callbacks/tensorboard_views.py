@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib import colormaps
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -25,11 +26,20 @@ def replica_run_name(init_scale: float, copy: int) -> str:
 
 
 def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[SummaryWriter]:
-    """One SummaryWriter per replica under ``log_dir``, each with the custom-scalars layout."""
-    writers = [SummaryWriter(log_dir=str(log_dir / name)) for name in run_names]
+    """One SummaryWriter per replica under ``log_dir``, each with the custom-scalars layout.
+
+    The queue is long enough for a whole evaluation, so writing never waits for the writer thread.
+    """
+    writers = [SummaryWriter(log_dir=str(log_dir / name), max_queue=1024, flush_secs=30) for name in run_names]
     for writer in writers:
         writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
     return writers
+
+
+def add_scalars_event(writer: SummaryWriter, values: dict[str, float], step: int) -> None:
+    """All ``tag: value`` pairs of one evaluation as a single event (one summary with many values)."""
+    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
+    writer.file_writer.add_summary(summary, step)
 
 
 def write_hparams(
@@ -60,12 +70,8 @@ def gram_comparison_image(gram: np.ndarray, cell_pixels: int = 16) -> np.ndarray
     return (255 * image).astype(np.uint8)
 
 
-def normalised_mean_gram(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``M̃ᵀM̃``: cosines between centred class means, shape ``(..., C, C)`` (float64)."""
-    features = features.to(torch.float64)
-    counts = torch.bincount(labels, minlength=num_classes).to(features)
-    sums = features.new_zeros(*features.shape[:-2], num_classes, features.shape[-1])
-    means = sums.index_add(-2, labels, features) / counts.unsqueeze(-1)
-    centred = means - means.mean(dim=-2, keepdim=True)
+def normalised_mean_gram(class_means: torch.Tensor) -> torch.Tensor:
+    """``M̃ᵀM̃``: cosines between the centred class means ``(..., C, p)``, shape ``(..., C, C)`` (Papyan et al., NC2)."""
+    centred = class_means - class_means.mean(dim=-2, keepdim=True)
     unit = centred / centred.norm(dim=-1, keepdim=True)
     return unit @ unit.transpose(-1, -2)

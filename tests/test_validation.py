@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from tests.conftest import run_ufm_train
-from ufm_torch.validation import ConfigError, validate_config
+from ufm_torch.train import CONFIG_DIR
+from ufm_torch.validation import ConfigError, check_group_choices, validate_config
 
 BAD_OVERRIDES = [
     ("model.init_scale=-1", "model.init_scale"),
@@ -55,7 +56,7 @@ def test_unstable_step_size_runs_only_when_allowed() -> None:
 
 def test_momentum_widens_the_stable_step_size() -> None:
     validate_config(compose_train("optimizer=momentum", "optimizer.lr=0.3"))
-    with pytest.raises(ConfigError, match="optimizer.lr"):
+    with pytest.raises(ConfigError, match=r"optimizer\.lr"):
         validate_config(compose_train("optimizer=momentum", "optimizer.lr=0.43"))
 
 
@@ -77,3 +78,11 @@ def test_cli_exits_2_with_one_line_and_trains_nothing(tmp_path: Path, override: 
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_group_option_lists_and_sweeps_are_checked_option_by_option() -> None:
+    check_group_choices(["callbacks=[collapse_monitor,progress]", "optimizer=sgd,adam"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match=r"optimizer=lbfgs"):
+        check_group_choices(["optimizer=sgd,lbfgs"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match="callbacks=nonsense"):
+        check_group_choices(["callbacks=[collapse_monitor,nonsense]"], CONFIG_DIR)

@@ -29,7 +29,7 @@ def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> float | Non
 def closed_form_steps(
     network: UnconstrainedFeatures, row_labels: Tensor, optimizer: LightningOptimizer, steps: int
 ) -> Tensor:
-    """Take ``steps`` full-batch steps; return the residual ``Aᵀ`` before the last one, shape ``(R, n, C)``.
+    """Take ``steps`` full-batch steps; return the residual ``Aᵀ`` of the resulting state, shape ``(R, n, C)``.
 
     ``row_labels[i]`` is the label of row ``i`` of ``network.features``. Each step is counted by the trainer
     (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
@@ -37,9 +37,10 @@ def closed_form_steps(
     features, weight, bias = network.features, network.head.weight, network.head.bias
     targets = torch.nn.functional.one_hot(row_labels, network.num_classes).to(features.dtype)
     step_size = plain_gradient_descent_rate(optimizer.optimizer)
+    bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
-        residual = torch.baddbmm(bias.unsqueeze(-2), features, weight.transpose(-1, -2)).sub_(targets)
-        grad_weight = residual.transpose(-1, -2) @ features
+        residual = torch.baddbmm(bias_row, features, weight_t).sub_(targets)
+        grad_weight = torch.bmm(residual.transpose(-1, -2), features)
         grad_bias = residual.sum(dim=-2)
         optimizer._on_before_step()
         if step_size is not None:
@@ -47,8 +48,8 @@ def closed_form_steps(
             weight.sub_(grad_weight, alpha=step_size)
             bias.sub_(grad_bias, alpha=step_size)
         else:
-            features.grad = residual @ weight
+            features.grad = torch.bmm(residual, weight)
             weight.grad, bias.grad = grad_weight, grad_bias
             optimizer.optimizer.step()
         optimizer._on_after_step()
-    return residual
+    return torch.baddbmm(bias_row, features, weight_t).sub_(targets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -12,9 +13,12 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 import conf
+from ufm_torch.compare import run_comparison
+from ufm_torch.launchers import check_launcher_plugin
 from ufm_torch.run_status import DivergenceError, RunStatus
 from ufm_torch.validation import ConfigError, check_group_choices, validate_config
 
@@ -49,9 +53,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _report_failure(status, "failed", error, exit_code=None if in_sweep else 2)
     status.write("running")
     try:
-        metrics = build_and_fit(cfg)
+        metrics = run_comparison(cfg, build_and_fit) if "comparison" in cfg else build_and_fit(cfg)
     except DivergenceError as error:
         return _report_failure(status, "diverged", error, exit_code=None if in_sweep else 3)
+    except SIGTERMException:
+        hint = f"stopped by SIGTERM; resume with hydra.run.dir={cfg.run_dir} ckpt_path=last"
+        status.write("interrupted", error=hint)
+        print(f"ufm-train: {hint}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    except ConfigError as error:
+        status.write("failed", error=_one_line(error))
+        return _report_failure(status, "failed", error, exit_code=None if in_sweep else 2)
     except Exception as error:
         if not in_sweep:
             status.write("failed", error=_one_line(error))
@@ -69,8 +81,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def _report_failure(status: RunStatus, outcome: str, error: BaseException, exit_code: int | None) -> dict[str, Any]:
-    """Print one line, record the outcome (except for config mistakes of a single run) and exit if asked."""
-    print(f"ufm-train: error: {_one_line(error)}", file=sys.stderr)
+    """Print one line, record the outcome (except for config mistakes of a single run) and exit if asked.
+
+    The line starts on a fresh line: a progress bar may have left the cursor mid-line.
+    """
+    print(f"\rufm-train: error: {_one_line(error)}", file=sys.stderr)
     if exit_code == 2:
         sys.exit(exit_code)
     status.write(outcome, error=_one_line(error))
@@ -80,10 +95,11 @@ def _report_failure(status: RunStatus, outcome: str, error: BaseException, exit_
 
 
 def main() -> None:
-    """Console script: reject unknown config-group options in one line (exit 2), then hand over to Hydra."""
+    """Console script: reject unknown config-group options and missing launcher plugins (exit 2), then run Hydra."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
         check_group_choices(sys.argv[1:], CONFIG_DIR)
+        check_launcher_plugin(sys.argv[1:])
     except ConfigError as error:
         print(f"ufm-train: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ufm_torch.losses import LOSSES
+from ufm_torch.models.backbones import ACTIVATIONS
 
 CONFIG_GROUPS = ("data", "model", "optimizer", "trainer", "callbacks", "logger", "experiment")
 PRECISIONS = {"64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true"}
@@ -39,6 +40,11 @@ def is_int(value: Any) -> bool:
 def is_real(value: Any) -> bool:
     """True for finite real numbers (not booleans)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive_ints(value: Any) -> bool:
+    """A non-empty list of integers >= 1."""
+    return isinstance(value, list | ListConfig) and bool(value) and all(is_int(v) and v >= 1 for v in value)
 
 
 def positive_scales(value: Any) -> bool:
@@ -70,17 +76,32 @@ RULES = (
         "null or an integer >= 1",
     ),
     Rule("allow_unstable", lambda v: isinstance(v, bool), "true or false"),
+    Rule("data.input_dim", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("data.in_channels", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("data.heldout_per_class", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    Rule("data.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("data.separation", lambda v: is_real(v) and v >= 0, "a number >= 0"),
+    Rule("data.noise_std", lambda v: is_real(v) and v >= 0, "a number >= 0"),
+    Rule("data.download", lambda v: isinstance(v, bool), "true or false"),
+    Rule("model.width", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("model.depth", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("model.activation", lambda v: v in ACTIVATIONS, f"one of {', '.join(sorted(ACTIVATIONS))}"),
+    Rule("model.batch_norm", lambda v: isinstance(v, bool), "true or false"),
+    Rule("model.channels", positive_ints, "a non-empty list of integers >= 1"),
 )
 
 
 def check_group_choices(overrides: list[str], config_dir: Path) -> None:
-    """Reject ``group=option`` overrides whose option has no file in ``conf/<group>/`` (before Hydra composes)."""
+    """Reject ``group=option`` overrides whose option has no file in ``conf/<group>/`` (before Hydra composes).
+
+    Sweeps (``group=a,b``) and option lists (``group=[a,b]``) are checked option by option.
+    """
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
         if not sep or key not in CONFIG_GROUPS or value in ("", "null"):
             continue
         available = sorted(path.stem for path in (config_dir / key).glob("*.yaml"))
-        for option in value.split(","):
+        for option in value.strip("[]").split(","):
             if option.strip() not in available:
                 raise ConfigError(f"{key}={option.strip()} is not a known option; choose one of {', '.join(available)}")
 

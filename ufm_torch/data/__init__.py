@@ -1,5 +1,20 @@
 """LightningDataModules: the UFM's sample indices and real data sets for backbones."""
 
+from ufm_torch.data.balanced import BalancedDataModule, Splits
+from ufm_torch.data.digits import DigitsDataModule
+from ufm_torch.data.gaussian_mixture import GaussianMixtureDataModule
+from ufm_torch.data.torchvision_sets import CIFAR10DataModule, DatasetNotFoundError, MNISTDataModule
 from ufm_torch.data.ufm import RepeatedBatch, UFMDataModule, class_major_labels
 
-__all__ = ["RepeatedBatch", "UFMDataModule", "class_major_labels"]
+__all__ = [
+    "BalancedDataModule",
+    "CIFAR10DataModule",
+    "DatasetNotFoundError",
+    "DigitsDataModule",
+    "GaussianMixtureDataModule",
+    "MNISTDataModule",
+    "RepeatedBatch",
+    "Splits",
+    "UFMDataModule",
+    "class_major_labels",
+]

@@ -1,0 +1,44 @@
+"""Shared helpers for the benchmarks: one CPU thread, best-of-k timing, runs through ufm-train's code path."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+
+from ufm_torch.train import build_and_fit
+
+
+def single_thread() -> None:
+    """Pin torch (and through it BLAS) to one thread and silence Lightning's chatter."""
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+def best_time(function: Callable[[], object], repeats: int = 3) -> float:
+    """Smallest wall time of ``repeats`` calls (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def train_with_ufm_train(*overrides: str) -> float:
+    """Wall time of ``build_and_fit`` (Trainer, default callbacks and logger) for the composed config."""
+    with tempfile.TemporaryDirectory() as run_dir, initialize_config_module(config_module="conf", version_base="1.3"):
+        quiet = ["callbacks.progress.refresh_rate=0"]
+        cfg = compose(config_name="train", overrides=[f"run_dir={run_dir}", *quiet, *overrides])
+        start = time.perf_counter()
+        build_and_fit(cfg)
+        elapsed = time.perf_counter() - start
+        assert Path(run_dir, "metrics.jsonl").exists()
+    return elapsed

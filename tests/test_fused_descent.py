@@ -1,0 +1,97 @@
+"""The fused closed-form path gives the same trajectory as plain autograd steps, and every step is counted."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from callbacks.collapse_monitor import CollapseMonitor
+from callbacks.schedule import evaluation_steps
+from ufm_torch.data import UFMDataModule, class_major_labels
+from ufm_torch.fused_descent import plain_gradient_descent_rate
+from ufm_torch.losses import sum_squared_error
+from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.module import CollapseModule
+
+OPTIMIZERS = {
+    "gradient_descent": functools.partial(torch.optim.SGD, lr=0.05),
+    "momentum": functools.partial(torch.optim.SGD, lr=0.02, momentum=0.9),
+    "weight_decay": functools.partial(torch.optim.SGD, lr=0.05, weight_decay=1e-3),
+    "adam": functools.partial(torch.optim.Adam, lr=1e-2),
+}
+
+
+def autograd_trajectory(model: UnconstrainedFeatures, optimizer_factory, steps: int) -> UnconstrainedFeatures:
+    """Plain PyTorch loop: autograd gradient of the summed loss, one optimiser step at a time."""
+    labels = class_major_labels(model.num_classes, model.samples_per_class)
+    indices = torch.arange(labels.numel())
+    optimizer = optimizer_factory(model.parameters())
+    for _ in range(steps):
+        optimizer.zero_grad()
+        sum_squared_error(model(indices), labels).sum().backward()
+        optimizer.step()
+    return model
+
+
+def fused_trajectory(model: UnconstrainedFeatures, optimizer_factory, steps: int, tmp_path: Path) -> L.Trainer:
+    """The same run through the Trainer and the fused closed-form path."""
+    trainer = L.Trainer(
+        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, precision="64-true", default_root_dir=tmp_path,
+    )
+    module = CollapseModule(model, optimizer_factory, fused_steps=64)
+    trainer.fit(module, datamodule=UFMDataModule(model.num_classes, model.samples_per_class))
+    return trainer
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_fused_path_follows_the_autograd_trajectory(name: str, tmp_path: Path) -> None:
+    def make() -> UnconstrainedFeatures:
+        return UnconstrainedFeatures(3, 4, 15, init_scale=[1.0, 1e-2], replicas=2, seed=3)
+
+    reference = autograd_trajectory(make(), OPTIMIZERS[name], steps=400)
+    fused = make()
+    trainer = fused_trajectory(fused, OPTIMIZERS[name], steps=400, tmp_path=tmp_path)
+    assert trainer.global_step == 400
+    for mine, theirs in zip(fused.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-10)
+
+
+def test_plain_descent_is_recognised_only_without_momentum_or_decay() -> None:
+    parameter = [torch.nn.Parameter(torch.zeros(2))]
+    assert plain_gradient_descent_rate(torch.optim.SGD(parameter, lr=0.1)) == 0.1
+    assert plain_gradient_descent_rate(torch.optim.SGD(parameter, lr=0.1, momentum=0.5)) is None
+    assert plain_gradient_descent_rate(torch.optim.SGD(parameter, lr=0.1, weight_decay=0.1)) is None
+    assert plain_gradient_descent_rate(torch.optim.Adam(parameter, lr=0.1)) is None
+
+
+def test_monitor_sees_every_scheduled_step_inside_fused_blocks(tmp_path: Path) -> None:
+    model = UnconstrainedFeatures(3, 3, 15, init_scale=1e-2, seed=0)
+    seen: list[int] = []
+
+    class RecordingMonitor(CollapseMonitor):
+        def evaluate(self, trainer, pl_module, step):
+            seen.append(step)
+            torch.testing.assert_close(pl_module.network.features, checkpoints[step])
+            super().evaluate(trainer, pl_module, step)
+
+    reference = UnconstrainedFeatures(3, 3, 15, init_scale=1e-2, seed=0)
+    labels, indices = class_major_labels(3, 3), torch.arange(9)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
+    checkpoints = {0: reference.features.detach().clone()}
+    for step in range(1, 301):
+        optimizer.zero_grad()
+        sum_squared_error(reference(indices), labels).sum().backward()
+        optimizer.step()
+        checkpoints[step] = reference.features.detach().clone()
+    trainer = L.Trainer(
+        max_steps=300, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, precision="64-true", default_root_dir=tmp_path,
+        callbacks=[RecordingMonitor(output_dir=str(tmp_path), points_per_decade=5, every_n_steps=70)],
+    )
+    trainer.fit(CollapseModule(model, functools.partial(torch.optim.SGD, lr=0.05)), datamodule=UFMDataModule(3, 3))
+    assert seen == evaluation_steps(300, points_per_decade=5, every_n_steps=70)
