@@ -181,7 +181,7 @@ class CollapseMonitor(L.Callback):
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         shared = {
             "num_classes": network.num_classes,
-            "samples_per_class": getattr(network, "samples_per_class", 0),
+            "samples_per_class": trainer.datamodule.samples_per_class,
             "feature_dim": network.feature_dim,
             "optimizer": type(optimizer).__name__ if optimizer else "none",
             "lr": float(optimizer.param_groups[0]["lr"]) if optimizer else 0.0,

@@ -35,3 +35,8 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "mean_squared": mean_squared_error,
     "cross_entropy": cross_entropy,
 }
+
+
+def default_loss_name(is_unconstrained_features: bool) -> str:
+    """The loss used when ``module.loss`` is null: the paper's summed loss for the UFM, the batch mean otherwise."""
+    return "sum_squared" if is_unconstrained_features else "mean_squared"

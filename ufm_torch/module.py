@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ufm_torch.fused_descent import closed_form_steps
-from ufm_torch.losses import LOSSES
+from ufm_torch.losses import LOSSES, default_loss_name
 from ufm_torch.models import UnconstrainedFeatures
 from ufm_torch.step_boundaries import steps_until_boundary
 
@@ -21,8 +21,9 @@ class CollapseModule(L.LightningModule):
 
     The loss of a step is the sum over replicas of the per-replica loss, so every replica receives exactly the
     gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
-    parameters. Logged per batch: ``train/loss`` and ``train/accuracy`` (means over replicas; the collapse
-    monitor logs them per replica).
+    parameters; ``loss`` names one of :data:`ufm_torch.losses.LOSSES` (None: :func:`default_loss_name`). Logged
+    per batch: ``train/loss`` and ``train/accuracy`` (means over replicas, of the state after a fused block; the
+    collapse monitor logs them per replica at its scheduled steps).
 
     Backbones train with Lightning's automatic optimisation. The UFM with the paper's loss on full batches takes
     up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.fused_descent`), stopping at every
@@ -30,9 +31,10 @@ class CollapseModule(L.LightningModule):
     """
 
     def __init__(
-        self, network: nn.Module, optimizer: OptimizerFactory, loss: str = "sum_squared", fused_steps: int = 1000
+        self, network: nn.Module, optimizer: OptimizerFactory, loss: str | None = None, fused_steps: int = 1000
     ) -> None:
         super().__init__()
+        loss = loss or default_loss_name(isinstance(network, UnconstrainedFeatures))
         if loss not in LOSSES:
             raise ValueError(f"module.loss={loss!r} is not one of {sorted(LOSSES)}")
         self.network = network

@@ -253,7 +253,7 @@ def write_sweep_hparams(table: SummaryTable, log_dir: Path) -> list[Path]:
             "status": str(row["status"]),
         }
         finals = {f"hp/{short_name(m)}": _as_float(row[m]) for m in table.metrics if row[m] is not None}
-        run = Path(row["job"]) / (f"eps={row['init_scale']:g}/rep={row['copy']}" if row["copy"] is not None else "")
+        run = Path(row["job"]) / replica_run(row["init_scale"], row["copy"])
         sessions.append((log_dir / run, hyper, finals, row["step"] or 0))
     runs = []
     for run_dir, hyper, finals, step in sessions:
@@ -277,3 +277,10 @@ def write_sweep_hparams(table: SummaryTable, log_dir: Path) -> list[Path]:
         writer.file_writer.add_summary(experiment)
         writer.close()
     return runs
+
+
+def replica_run(init_scale: float | None, copy: int | None) -> str:
+    """The monitor's TensorBoard run of a replica: ``eps=<ε>/rep=<copy>``, ``backbone``, or the job itself."""
+    if copy is None:
+        return ""
+    return "backbone" if init_scale is None else f"eps={init_scale:g}/rep={copy}"

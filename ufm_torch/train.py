@@ -10,6 +10,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -28,6 +29,8 @@ CONFIG_DIR = Path(conf.__file__).parent
 def build_and_fit(cfg: DictConfig) -> dict[str, Any]:
     """Seed, instantiate every object named by ``cfg`` and train; returns the trainer's final logged metrics."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     datamodule = instantiate(cfg.data)
     network = instantiate(cfg.model)
     module = instantiate(cfg.module, network=network, optimizer=instantiate(cfg.optimizer))
@@ -97,6 +100,8 @@ def _report_failure(status: RunStatus, outcome: str, error: BaseException, exit_
 def main() -> None:
     """Console script: reject unknown config-group options and missing launcher plugins (exit 2), then run Hydra."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     try:
         check_group_choices(sys.argv[1:], CONFIG_DIR)
         check_launcher_plugin(sys.argv[1:])

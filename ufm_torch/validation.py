@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ufm_torch.losses import LOSSES
+from ufm_torch.losses import LOSSES, default_loss_name
 from ufm_torch.models.backbones import ACTIVATIONS
 
 CONFIG_GROUPS = ("data", "model", "optimizer", "trainer", "callbacks", "logger", "experiment")
@@ -68,7 +68,8 @@ RULES = (
     Rule("optimizer.weight_decay", lambda v: is_real(v) and v >= 0, "a number >= 0"),
     Rule("trainer.max_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1", required=True),
     Rule("trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(sorted(PRECISIONS))}"),
-    Rule("module.loss", lambda v: v in LOSSES, f"one of {', '.join(sorted(LOSSES))}"),
+    Rule("module.loss", lambda v: v is None or v in LOSSES, f"null or one of {', '.join(sorted(LOSSES))}"),
+    Rule("threads", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
     Rule("callbacks.collapse_monitor.points_per_decade", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     Rule(
         "callbacks.collapse_monitor.every_n_steps",
@@ -106,18 +107,27 @@ def check_group_choices(overrides: list[str], config_dir: Path) -> None:
                 raise ConfigError(f"{key}={option.strip()} is not a known option; choose one of {', '.join(available)}")
 
 
-def _bias_stability_limit(cfg: DictConfig) -> float | None:
-    """Largest stable SGD step size along the bias direction for the UFM's summed loss.
+def effective_loss(cfg: DictConfig) -> str:
+    """``module.loss``, or the default for the configured network when it is null."""
+    is_ufm = str(OmegaConf.select(cfg, "model._target_", default="")).endswith("UnconstrainedFeatures")
+    return cfg.module.get("loss") or default_loss_name(is_ufm)
 
-    On ``b`` the summed squared loss has curvature equal to the batch size B (∇_b R = A1, so ∂²R/∂b² = B·I);
-    heavy-ball SGD with momentum μ diverges along it when ``lr >= 2(1 + μ)/B``. Full batch: B = CN.
+
+def _bias_stability_limit(cfg: DictConfig) -> float | None:
+    """Largest stable SGD step size along the bias direction for a squared loss.
+
+    The logits are linear in ``b``, so on ``b`` the summed squared loss has curvature equal to the batch size B
+    (∇_b R = A1, ∂²R/∂b² = B·I) and the batch-mean one curvature 1. Heavy-ball SGD with momentum μ diverges along
+    it when ``lr >= 2(1 + μ)/curvature``. For the UFM's full batch B = CN.
     """
-    optimizer_target = str(cfg.optimizer.get("_target_", ""))
-    if optimizer_target != "torch.optim.SGD" or cfg.module.loss != "sum_squared" or "num_classes" not in cfg.data:
+    loss = effective_loss(cfg)
+    if str(cfg.optimizer.get("_target_", "")) != "torch.optim.SGD" or loss not in ("sum_squared", "mean_squared"):
         return None
-    num_samples = cfg.data.num_classes * cfg.data.samples_per_class
-    batch_size = cfg.data.get("batch_size") or num_samples
-    return 2.0 * (1.0 + cfg.optimizer.get("momentum", 0.0)) / min(batch_size, num_samples)
+    curvature = 1.0
+    if loss == "sum_squared" and "num_classes" in cfg.data and "samples_per_class" in cfg.data:
+        num_samples = cfg.data.num_classes * cfg.data.samples_per_class
+        curvature = float(min(cfg.data.get("batch_size") or num_samples, num_samples))
+    return 2.0 * (1.0 + cfg.optimizer.get("momentum", 0.0)) / curvature
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -1,0 +1,33 @@
+"""A progress bar over optimiser steps (``trainer.max_steps``), not batches: one batch may hold many fused steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+class StepProgressBar(TQDMProgressBar):
+    """TQDM bar whose position is ``global_step`` and whose total is ``max_steps``; redrawn at most every
+    ``refresh_rate`` steps (and at the end), so it costs nothing measurable per step."""
+
+    def __init__(self, refresh_rate: int = 100) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self._drawn_step = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        """Start the bar at the current step, out of ``max_steps``."""
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.total = trainer.max_steps
+        self.train_progress_bar.n = self._drawn_step = trainer.global_step
+        self.train_progress_bar.set_description("Steps")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """Move the bar to ``global_step`` when ``refresh_rate`` steps have passed since the last redraw."""
+        step = trainer.global_step
+        if not self.is_enabled or (step - self._drawn_step < self.refresh_rate and step != trainer.max_steps):
+            return
+        self._drawn_step = step
+        self.train_progress_bar.n = step
+        self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
