@@ -52,3 +52,29 @@ def test_resuming_from_last_checkpoint_continues_the_step_count(tmp_path: Path, 
     steps = [record["step"] for record in read_metrics(run / "metrics.jsonl")]
     assert steps == sorted(set(steps)), "an evaluation was written twice"
     assert steps[-1] == 100 and 40 in steps and all(step in steps for step in evaluation_steps(100) if step > 40)
+
+
+def test_tensorboard_replica_runs_hold_every_metric_at_every_scheduled_step(tmp_path: Path, short_run_overrides):
+    result = run_ufm_train(*short_run_overrides, "model.init_scale=[0.1,0.001]", "model.replicas=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    records = read_metrics(run / "metrics.jsonl")
+    metric_tags = [key for key in records[0] if "/" in key]
+    assert len(metric_tags) == 15
+    for replica_run in sorted((run / "tb").glob("eps=*/rep=*")):
+        accumulator = EventAccumulator(str(replica_run), size_guidance={"scalars": 0, "images": 0})
+        accumulator.Reload()
+        for tag in metric_tags:
+            events = accumulator.Scalars(tag)
+            assert [event.step for event in events] == evaluation_steps(40), tag
+        name = replica_run.relative_to(run / "tb").as_posix()
+        expected = next(r for r in reversed(records) if name == f"eps={r['init_scale']:g}/rep={r['copy']}")
+        last = accumulator.Scalars("strong_collapse/snc1")[-1].value
+        assert abs(last - expected["strong_collapse/snc1"]) <= 1e-6 * max(1.0, abs(last))
+        assert {"hp/snc1", "hp/dist_S", "hp/nc1"} <= set(accumulator.Tags()["scalars"])
+        assert set(accumulator.PluginTagToContent("hparams")) == {
+            "_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"
+        }
+        assert list(accumulator.PluginTagToContent("custom_scalars")) == ["custom_scalars__config__"]
+        if replica_run.name == "rep=0":
+            assert len(accumulator.Images("collapse/gram_vs_simplex_etf")) == 4
