@@ -28,7 +28,10 @@ reproduce: $(STAMP)
 	$(BIN)/ufm-train experiment=paper
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python -m benchmarks.bench_train_step
+	$(BIN)/python -m benchmarks.bench_large_ufm
+	$(BIN)/python -m benchmarks.bench_metrics
+	$(BIN)/python -m benchmarks.bench_monitor
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multiruns
