@@ -1,8 +1,8 @@
 """Target 4 (paper setting): wall time the collapse monitor adds to the paper experiment's training.
 
 ``experiment=paper``'s training (C = N = 3, p = 15, float64, 30 replicas, 20 000 steps) with and without the
-monitor at its default schedule (10 evaluations per decade: 44 evaluations), one CPU thread, best of three. Target: at most +10%. (For the large UFM of target 2
-see ``bench_large_ufm.py``.)
+monitor at its default schedule (10 evaluations per decade: 44 evaluations), one CPU thread, best of three.
+Target: at most +10%. (For the large UFM of target 2 see ``bench_large_ufm.py``.)
 """
 
 from __future__ import annotations
