@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from tensorboard.plugins.hparams import metadata
 
 from tests.conftest import run_ufm_train
 from ufm_torch import train
-from ufm_torch.launchers import check_launcher_plugin
+from ufm_torch.launchers import check_launcher_plugin, plugin_installed
 from ufm_torch.sweep import Job, final_records, format_summary_csv, summary_table, swept_keys
 from ufm_torch.validation import ConfigError
 
@@ -128,9 +127,7 @@ def test_basic_launcher_and_plain_overrides_pass_the_plugin_check() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None, reason="needs ufm-torch[sweeps]"
-)
+@pytest.mark.skipif(not plugin_installed("hydra_plugins.hydra_joblib_launcher"), reason="needs ufm-torch[sweeps]")
 def test_joblib_launcher_runs_jobs_in_parallel_into_separate_folders(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_ufm_train(
