@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ METRIC_GROUPS = {
     "snc3": "strong_collapse",
     "dist_S": "strong_collapse",
 }
+
+
+TENSORBOARD_FLUSH_SECONDS = 2.0
+"""The replica runs reach TensorBoard at most this long after an evaluation (and all of them at the end)."""
 
 
 def metric_tag(name: str) -> str:
@@ -68,6 +73,7 @@ class CollapseMonitor(L.Callback):
         self.image_steps: set[int] = set()
         self.writers: list[Any] = []
         self.last_records: list[dict[str, Any]] = []
+        self.last_flush = time.monotonic()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build the schedule, open the log (dropping records past a resumed checkpoint) and evaluate the start."""
@@ -153,7 +159,10 @@ class CollapseMonitor(L.Callback):
         self.last_records = records
         for writer, record in zip(self.writers, records, strict=False):
             add_scalars_event(writer, {name: record[name] for name in names}, step)
-            writer.flush()
+        if time.monotonic() - self.last_flush > TENSORBOARD_FLUSH_SECONDS:
+            for writer in self.writers:
+                writer.flush()
+            self.last_flush = time.monotonic()
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(

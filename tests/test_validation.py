@@ -69,7 +69,8 @@ def test_feature_dim_below_c_minus_one_warns_about_theorem_3() -> None:
     ("override", "key"),
     [("model.init_scale=-1", "model.init_scale"), ("data.num_classes=1", "data.num_classes"),
      ("model.feature_dim=0", "model.feature_dim"), ("optimizer=rmsprop", "optimizer=rmsprop"),
-     ("seed=abc", "seed")],
+     ("seed=abc", "seed"), ("model.feature_dims=3", "no such key"), ("model.feature_dim=[1,2", "cannot parse"),
+     ("seed=", "seed"), ("optimizer.lr=0.25", "allow_unstable")],
 )
 def test_cli_exits_2_with_one_line_and_trains_nothing(tmp_path: Path, override: str, key: str) -> None:
     result = run_ufm_train(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

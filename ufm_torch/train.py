@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import warnings
@@ -12,6 +13,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -98,17 +100,28 @@ def _report_failure(status: RunStatus, outcome: str, error: BaseException, exit_
 
 
 def main() -> None:
-    """Console script: reject unknown config-group options and missing launcher plugins (exit 2), then run Hydra."""
+    """Console script: every config mistake (unknown group option or key, unparsable override, missing launcher
+    plugin, out-of-range value) ends with exit code 2 and one line on stderr; then Hydra runs the task."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         check_group_choices(sys.argv[1:], CONFIG_DIR)
         check_launcher_plugin(sys.argv[1:])
-    except ConfigError as error:
-        print(f"ufm-train: error: {error}", file=sys.stderr)
+        train()
+    except (ConfigError, ConfigCompositionException, OverrideParseException, MissingConfigException) as error:
+        print(f"ufm-train: error: {_composition_message(error)}", file=sys.stderr)
         sys.exit(2)
-    train()
+
+
+def _composition_message(error: Exception) -> str:
+    """Hydra's message about a bad override on one line: its first line, the override, "no such key" if so."""
+    text = f"{error} {error.__cause__ or ''}"
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, OverrideParseException) and getattr(error, "override", None):
+        first_line = f"cannot parse the override {error.override!r}: {first_line}"
+    return f"{first_line} (no such key in the config)" if "not in struct" in text else first_line
 
 
 if __name__ == "__main__":
