@@ -24,7 +24,7 @@ from callbacks.tensorboard_views import (
     open_replica_writers,
     write_hparams,
 )
-from ufm_torch.metrics import class_statistics, collapse_metrics
+from ufm_torch.metrics import collapse_metrics_with_statistics
 from ufm_torch.models import UnconstrainedFeatures
 
 METRIC_GROUPS = {
@@ -74,6 +74,7 @@ class CollapseMonitor(L.Callback):
         self.writers: list[Any] = []
         self.last_records: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
+        self.class_means: Tensor | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build the schedule, open the log (dropping records past a resumed checkpoint) and evaluate the start."""
@@ -136,7 +137,9 @@ class CollapseMonitor(L.Callback):
         features, weight, bias = network.features, network.head.weight, network.head.bias
         labels = labels.to(features.device)
         logits = network.head(features)
-        values = {metric_tag(name): value for name, value in collapse_metrics(features, labels, weight, bias).items()}
+        metrics, statistics = collapse_metrics_with_statistics(features, labels, weight, bias)
+        self.class_means = statistics.means
+        values = {metric_tag(name): value for name, value in metrics.items()}
         values["train/loss"] = pl_module.loss_fn(logits, labels).to(torch.float64)
         values["train/accuracy"] = (logits.argmax(-1) == labels).to(torch.float64).mean(-1)
         return values
@@ -174,13 +177,13 @@ class CollapseMonitor(L.Callback):
                     step,
                 )
         if step in self.image_steps and self.writers and isinstance(network, UnconstrainedFeatures):
-            self._add_gram_images(network, labels, records, step)
+            self._add_gram_images(records, step)
 
-    def _add_gram_images(self, network: UnconstrainedFeatures, labels: Tensor, records: list[dict], step: int) -> None:
-        """M̃ᵀM̃ next to the simplex ETF, in the run of the first copy of each init scale."""
+    def _add_gram_images(self, records: list[dict], step: int) -> None:
+        """M̃ᵀM̃ (from the class means of this evaluation) next to the simplex ETF, in the run of the first copy of
+        each init scale."""
         first_copies = [r for r, record in enumerate(records) if record["copy"] == 0]
-        means = class_statistics(network.features.detach()[first_copies], labels, network.num_classes).means
-        grams = normalised_mean_gram(means)
+        grams = normalised_mean_gram(self.class_means[first_copies])
         for replica, gram in zip(first_copies, grams.cpu().numpy(), strict=True):
             image = gram_comparison_image(gram)
             add_image(self.writers[replica], "collapse/gram_vs_simplex_etf", image, step)

@@ -13,7 +13,7 @@ Streaming (batches, devices): :class:`ClassStatisticsAccumulator` → :class:`Cl
 """
 
 from ufm_torch.metrics.accumulators import ClassStatisticsAccumulator, NearestCenterMismatch
-from ufm_torch.metrics.collapse import collapse_metrics
+from ufm_torch.metrics.collapse import collapse_metrics, collapse_metrics_with_statistics
 from ufm_torch.metrics.neural_collapse import (
     NC_METRIC_NAMES,
     nc_metrics,
@@ -38,6 +38,7 @@ __all__ = [
     "NearestCenterMismatch",
     "class_statistics",
     "collapse_metrics",
+    "collapse_metrics_with_statistics",
     "nc_metrics",
     "nc_metrics_from_statistics",
     "nearest_center_mismatches",
