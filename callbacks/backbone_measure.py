@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from callbacks.tensorboard_views import replica_run_name
 from ufm_torch.metrics import (
     SNC_METRIC_NAMES,
     ClassStatisticsAccumulator,
@@ -147,8 +146,3 @@ def replica_identities(network: nn.Module) -> list[tuple[float | None, int, int 
         return list(zip(network.init_scales, network.copy_indices, network.seeds, strict=True))
     seed = os.environ.get("PL_GLOBAL_SEED")
     return [(None, 0, int(seed) if seed is not None else None)]
-
-
-def run_name(init_scale: float | None, copy: int) -> str:
-    """TensorBoard run of a replica: ``eps=<ε>/rep=<copy>`` for the UFM, ``backbone`` for a backbone."""
-    return "backbone" if init_scale is None else replica_run_name(init_scale, copy)

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from callbacks.backbone_measure import measure_backbone, replica_identities, run_name
+from callbacks.backbone_measure import measure_backbone, replica_identities
 from callbacks.metrics_log import MetricsLog
 from callbacks.schedule import evaluation_steps
 from callbacks.tensorboard_views import (
@@ -26,6 +26,7 @@ from callbacks.tensorboard_views import (
 )
 from ufm_torch.metrics import collapse_metrics_with_statistics
 from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.run_names import replica_run_name
 
 METRIC_GROUPS = {
     "snc1": "strong_collapse",
@@ -86,7 +87,7 @@ class CollapseMonitor(L.Callback):
         network = pl_module.network
         if trainer.is_global_zero:
             self.metrics_log.open(trainer.global_step, replicas=network.num_replicas)
-            names = [run_name(scale, copy) for scale, copy, _ in replica_identities(network)]
+            names = [replica_run_name(scale, copy) for scale, copy, _ in replica_identities(network)]
             tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
             if tensorboard is not None:
                 self.writers = open_replica_writers(Path(tensorboard.log_dir), names)
@@ -170,7 +171,7 @@ class CollapseMonitor(L.Callback):
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(
                     {
-                        f"{name}/{run_name(rec['init_scale'], rec['copy'])}": rec[name]
+                        f"{name}/{replica_run_name(rec['init_scale'], rec['copy'])}": rec[name]
                         for rec in records
                         for name in names
                     },

@@ -21,11 +21,6 @@ CUSTOM_SCALARS_LAYOUT = {
 }
 
 
-def replica_run_name(init_scale: float, copy: int) -> str:
-    """TensorBoard run of one replica: ``eps=<ε>/rep=<copy>``."""
-    return f"eps={init_scale:g}/rep={copy}"
-
-
 def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[EventFileWriter]:
     """One synchronous event writer per replica run under ``log_dir``, each with the custom-scalars layout."""
     writers = [EventFileWriter(log_dir / name) for name in run_names]

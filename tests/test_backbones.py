@@ -7,12 +7,13 @@ import types
 import pytest
 import torch
 
-from callbacks.backbone_measure import measure_backbone, replica_identities, run_name
+from callbacks.backbone_measure import measure_backbone, replica_identities
 from callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import DigitsDataModule, UFMDataModule
 from ufm_torch.metrics import collapse_metrics
 from ufm_torch.models import MLP, ConvNet, LinearHead, UnconstrainedFeatures, resnet18_small
 from ufm_torch.module import CollapseModule
+from ufm_torch.run_names import replica_run_name
 
 
 def digits_module(batch_norm: bool = True, **data: int) -> tuple[CollapseModule, DigitsDataModule]:
@@ -135,7 +136,7 @@ def test_a_backbone_is_one_replica_seeded_by_the_global_seed(monkeypatch: pytest
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     module, _ = digits_module()
     assert replica_identities(module.network) == [(None, 0, 7)]
-    assert run_name(None, 0) == "backbone"
+    assert replica_run_name(None, 0) == "backbone"
     ufm = UnconstrainedFeatures(num_classes=3, samples_per_class=3, feature_dim=4, init_scale=[0.1, 0.01])
     assert [identity[:2] for identity in replica_identities(ufm)] == [(0.1, 0), (0.01, 0)]
-    assert run_name(0.1, 0) == "eps=0.1/rep=0"
+    assert replica_run_name(0.1, 0) == "eps=0.1/rep=0"

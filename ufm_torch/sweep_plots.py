@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ufm_torch.run_names import replica_run_name
 from ufm_torch.sweep import Job, SummaryTable, as_number, final_records
 
 STRONG_COLLAPSE_METRICS = (
@@ -253,7 +254,7 @@ def write_sweep_hparams(table: SummaryTable, log_dir: Path) -> list[Path]:
             "status": str(row["status"]),
         }
         finals = {f"hp/{short_name(m)}": _as_float(row[m]) for m in table.metrics if row[m] is not None}
-        run = Path(row["job"]) / replica_run(row["init_scale"], row["copy"])
+        run = Path(row["job"]) / ("" if row["copy"] is None else replica_run_name(row["init_scale"], row["copy"]))
         sessions.append((log_dir / run, hyper, finals, row["step"] or 0))
     runs = []
     for run_dir, hyper, finals, step in sessions:
@@ -277,10 +278,3 @@ def write_sweep_hparams(table: SummaryTable, log_dir: Path) -> list[Path]:
         writer.file_writer.add_summary(experiment)
         writer.close()
     return runs
-
-
-def replica_run(init_scale: float | None, copy: int | None) -> str:
-    """The monitor's TensorBoard run of a replica: ``eps=<ε>/rep=<copy>``, ``backbone``, or the job itself."""
-    if copy is None:
-        return ""
-    return "backbone" if init_scale is None else f"eps={init_scale:g}/rep={copy}"
