@@ -78,3 +78,12 @@ def test_tensorboard_replica_runs_hold_every_metric_at_every_scheduled_step(tmp_
         assert list(accumulator.PluginTagToContent("custom_scalars")) == ["custom_scalars__config__"]
         if replica_run.name == "rep=0":
             assert len(accumulator.Images("collapse/gram_vs_simplex_etf")) == 4
+
+
+def test_other_loggers_receive_every_metric_per_replica(tmp_path: Path, short_run_overrides) -> None:
+    result = run_ufm_train(*short_run_overrides, "logger=csv", "model.replicas=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for copy in (0, 1):
+        assert f"strong_collapse/dist_S/eps=0.001/rep={copy}" in header
+        assert f"collapse/nc1/eps=0.001/rep={copy}" in header
