@@ -20,11 +20,10 @@ from callbacks.tensorboard_views import (
     add_image,
     add_scalars_event,
     gram_comparison_image,
-    normalised_mean_gram,
     open_replica_writers,
     write_hparams,
 )
-from ufm_torch.metrics import collapse_metrics_with_statistics
+from ufm_torch.metrics import centred_mean_directions, collapse_metrics_with_statistics
 from ufm_torch.models import UnconstrainedFeatures
 from ufm_torch.run_names import replica_run_name
 
@@ -184,7 +183,8 @@ class CollapseMonitor(L.Callback):
         """M̃ᵀM̃ (from the class means of this evaluation) next to the simplex ETF, in the run of the first copy of
         each init scale."""
         first_copies = [r for r, record in enumerate(records) if record["copy"] == 0]
-        grams = normalised_mean_gram(self.class_means[first_copies])
+        directions = centred_mean_directions(self.class_means[first_copies])
+        grams = directions @ directions.transpose(-1, -2)
         for replica, gram in zip(first_copies, grams.cpu().numpy(), strict=True):
             image = gram_comparison_image(gram)
             add_image(self.writers[replica], "collapse/gram_vs_simplex_etf", image, step)

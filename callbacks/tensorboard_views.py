@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib import colormaps
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard.summary import custom_scalars, hparams, image
@@ -66,9 +65,3 @@ def gram_comparison_image(gram: np.ndarray, cell_pixels: int = 16) -> np.ndarray
     image = np.kron(colours, np.ones((cell_pixels, cell_pixels, 1)))
     return (255 * image).astype(np.uint8)
 
-
-def normalised_mean_gram(class_means: torch.Tensor) -> torch.Tensor:
-    """``M̃ᵀM̃``: cosines between the centred class means ``(..., C, p)``, shape ``(..., C, C)`` (Papyan et al., NC2)."""
-    centred = class_means - class_means.mean(dim=-2, keepdim=True)
-    unit = centred / centred.norm(dim=-1, keepdim=True)
-    return unit @ unit.transpose(-1, -2)

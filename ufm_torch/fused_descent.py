@@ -29,7 +29,7 @@ def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> float | Non
 def closed_form_steps(
     network: UnconstrainedFeatures, row_labels: Tensor, optimizer: LightningOptimizer, steps: int
 ) -> Tensor:
-    """Take ``steps`` full-batch steps; return the residual ``Aᵀ`` of the resulting state, shape ``(R, n, C)``.
+    """Take ``steps`` full-batch steps; return the logits ``Wh_i + b`` of the resulting state, shape ``(R, n, C)``.
 
     ``row_labels[i]`` is the label of row ``i`` of ``network.features``. Each step is counted by the trainer
     (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
@@ -52,4 +52,4 @@ def closed_form_steps(
             weight.grad, bias.grad = grad_weight, grad_bias
             optimizer.optimizer.step()
         optimizer._on_after_step()
-    return torch.baddbmm(bias_row, features, weight_t).sub_(targets)
+    return torch.baddbmm(bias_row, features, weight_t)

@@ -58,9 +58,8 @@ class CollapseModule(L.LightningModule):
         if self.loss_name == "sum_squared" and inputs.shape[0] == self.network.features.shape[-2]:
             row_labels = torch.empty_like(labels).index_copy_(0, inputs, labels)
             steps = steps_until_boundary(self.trainer, self.fused_steps)
-            residual = closed_form_steps(self.network, row_labels, optimizer, steps)
-            logits = residual + torch.nn.functional.one_hot(row_labels, residual.shape[-1]).to(residual.dtype)
-            return self._log_and_sum(0.5 * residual.square().sum(dim=(-1, -2)), logits, row_labels)
+            logits = closed_form_steps(self.network, row_labels, optimizer, steps)
+            return self._log_and_sum(self.loss_fn(logits, row_labels), logits, row_labels)
         optimizer.zero_grad()
         logits = self.network(inputs)
         loss = self._log_and_sum(self.loss_fn(logits, labels), logits, labels)

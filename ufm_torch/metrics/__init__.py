@@ -16,6 +16,7 @@ from ufm_torch.metrics.accumulators import ClassStatisticsAccumulator, NearestCe
 from ufm_torch.metrics.collapse import collapse_metrics, collapse_metrics_with_statistics
 from ufm_torch.metrics.neural_collapse import (
     NC_METRIC_NAMES,
+    centred_mean_directions,
     nc_metrics,
     nc_metrics_from_statistics,
     nearest_center_mismatches,
@@ -36,6 +37,7 @@ __all__ = [
     "ClassStatisticsAccumulator",
     "CollapseMetricWarning",
     "NearestCenterMismatch",
+    "centred_mean_directions",
     "class_statistics",
     "collapse_metrics",
     "collapse_metrics_with_statistics",

@@ -70,6 +70,15 @@ def within_to_between_trace(statistics: ClassStatistics, centred_means: Tensor) 
     return torch.where(kept, within / singular_values.square(), 0.0).sum(dim=-1)
 
 
+def centred_mean_directions(class_means: Tensor) -> Tensor:
+    """Rows of ``M̃ᵀ``: ``(μ_c − μ_G)/‖μ_c − μ_G‖``, shape ``(..., C, p)``; a mean at ``μ_G`` gives a zero row.
+
+    ``M̃ᵀM̃`` (their Gram matrix) is compared with the simplex ETF in NC2 (Papyan, Han & Donoho 2020).
+    """
+    centred = class_means - class_means.mean(dim=-2, keepdim=True)
+    return centred / divisor(centred.norm(dim=-1))[..., None]
+
+
 def undefined_for_one_class(
     names: list[str], statistics: ClassStatistics, weight: Tensor
 ) -> dict[str, Tensor]:
@@ -115,7 +124,7 @@ def nc_metrics_from_statistics(
     between_trace = centred.square().sum(dim=(-1, -2)) / num_classes
     within_trace = statistics.within_scatter.trace() / statistics.num_samples
 
-    unit = centred / divisor(centred_norms)[..., None]
+    unit = centred_mean_directions(means)
     cosines = unit @ unit.transpose(-1, -2)
     identity = torch.eye(num_classes, dtype=torch.float64, device=cosines.device)
     simplex_gram = (num_classes * identity - 1) / (num_classes - 1)
