@@ -18,7 +18,7 @@ from callbacks.metrics_log import MetricsLog
 from callbacks.schedule import evaluation_steps
 from callbacks.tensorboard_views import (
     add_image,
-    add_scalars_event,
+    add_scalar_rows,
     gram_comparison_image,
     open_replica_writers,
     write_hparams,
@@ -160,8 +160,7 @@ class CollapseMonitor(L.Callback):
         ]
         self.metrics_log.write(records)
         self.last_records = records
-        for writer, record in zip(self.writers, records, strict=False):
-            add_scalars_event(writer, {name: record[name] for name in names}, step)
+        add_scalar_rows(self.writers, names, table, step)
         if time.monotonic() - self.last_flush > TENSORBOARD_FLUSH_SECONDS:
             for writer in self.writers:
                 writer.flush()

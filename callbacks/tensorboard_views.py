@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard.summary import custom_scalars, hparams, image
 
-from callbacks.event_writer import EventFileWriter
+from callbacks.event_writer import EventFileWriter, ScalarEventEncoder
 
 NC_TAGS = ["collapse/nc1", "collapse/nc2_etf", "collapse/nc3", "collapse/nc4"]
 SNC_TAGS = ["strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S"]
@@ -29,10 +31,28 @@ def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[EventFileW
     return writers
 
 
+@functools.lru_cache(maxsize=16)
+def _scalar_event_encoder(tags: tuple[str, ...]) -> ScalarEventEncoder:
+    """The encoder for ``tags``, built once: every evaluation writes the same tags."""
+    return ScalarEventEncoder(tags)
+
+
+def add_scalar_rows(
+    writers: Sequence[EventFileWriter], tags: Sequence[str], rows: Sequence[Sequence[float]], step: int
+) -> None:
+    """Row ``r`` of ``rows`` (one value per tag) as one event in ``writers[r]``, all at one wall time.
+
+    Rows beyond the last writer are not written.
+    """
+    encoder = _scalar_event_encoder(tuple(tags))
+    wall_time = time.time()
+    for writer, row in zip(writers, rows, strict=False):
+        writer.write_event(encoder.encode(row, step, wall_time))
+
+
 def add_scalars_event(writer: EventFileWriter, values: dict[str, float], step: int) -> None:
     """All ``tag: value`` pairs of one evaluation as a single event (one summary with many values)."""
-    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
-    writer.add_summary(summary, step)
+    add_scalar_rows([writer], list(values), [list(values.values())], step)
 
 
 def add_image(writer: EventFileWriter, tag: str, image_hwc: np.ndarray, step: int) -> None:

@@ -8,11 +8,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from callbacks.collapse_monitor import CollapseMonitor
 from callbacks.schedule import evaluation_steps
+from ufm_torch import fused_descent
 from ufm_torch.data import UFMDataModule, class_major_labels
-from ufm_torch.fused_descent import plain_gradient_descent_rate
+from ufm_torch.fused_descent import closed_form_steps, plain_gradient_descent_rate
 from ufm_torch.losses import sum_squared_error
 from ufm_torch.models import UnconstrainedFeatures
 from ufm_torch.module import CollapseModule
@@ -48,8 +50,13 @@ def fused_trajectory(model: UnconstrainedFeatures, optimizer_factory, steps: int
     return trainer
 
 
+@pytest.mark.parametrize("folded_bias_limit", [fused_descent.FOLDED_BIAS_LIMIT, 0], ids=["folded", "in_place"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_fused_path_follows_the_autograd_trajectory(name: str, tmp_path: Path) -> None:
+def test_fused_path_follows_the_autograd_trajectory(
+    name: str, folded_bias_limit: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fused_descent, "FOLDED_BIAS_LIMIT", folded_bias_limit)
+
     def make() -> UnconstrainedFeatures:
         return UnconstrainedFeatures(3, 4, 15, init_scale=[1.0, 1e-2], replicas=2, seed=3)
 
@@ -95,3 +102,17 @@ def test_monitor_sees_every_scheduled_step_inside_fused_blocks(tmp_path: Path) -
     )
     trainer.fit(CollapseModule(model, functools.partial(torch.optim.SGD, lr=0.05)), datamodule=UFMDataModule(3, 3))
     assert seen == evaluation_steps(300, points_per_decade=5, every_n_steps=70)
+
+
+@pytest.mark.parametrize("folded_bias_limit", [fused_descent.FOLDED_BIAS_LIMIT, 0], ids=["folded", "in_place"])
+def test_block_returns_the_logits_of_its_last_forward_pass(
+    folded_bias_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fused_descent, "FOLDED_BIAS_LIMIT", folded_bias_limit)
+    model = UnconstrainedFeatures(3, 3, 15, init_scale=1.0, replicas=2, seed=1)
+    optimizer = LightningOptimizer(torch.optim.SGD(model.parameters(), lr=0.05))
+    closed_form_steps(model, class_major_labels(3, 3), optimizer, steps=4)
+    before_last = model.head(model.features).detach().clone()
+    logits = closed_form_steps(model, class_major_labels(3, 3), optimizer, steps=1)
+    torch.testing.assert_close(logits, before_last, rtol=0, atol=1e-14)
+    assert not torch.equal(model.head(model.features), before_last)

@@ -2,9 +2,14 @@
 
 The gradient of R = ½‖WH + b1ᵀ − Y‖²_F is ∇_H = WᵀA, ∇_W = AHᵀ, ∇_b = A1 with A = WH + b1ᵀ − Y (Mixon et al.,
 Section 3); in the row convention ``residual = Aᵀ`` and ``∇_features = residual · W``. No autograd graph is built.
-Plain gradient descent (SGD without momentum or weight decay, the paper's method) updates the parameters in place,
-the features inside the matrix product (``F ← F − η·AᵀW`` as one GEMM with β = 1); any other optimiser receives the
-closed-form gradients in ``.grad`` and takes its own step, so its state stays the one a checkpoint expects.
+
+Plain gradient descent (SGD without momentum or weight decay, the paper's method) updates the parameters in place.
+On small problems, where each tensor operation costs its launch rather than its arithmetic, it runs on copies with
+the bias folded into the weights: ``F̂ = [F, 1]``, ``Ŵ = [W, b]``, so that a step is three batched products and two
+cheap updates (``A = F̂Ŵᵀ − Y``, ``[∇_W, ∇_b] = AᵀF̂``, ``F̂ ← F̂ − η·AŴ`` with the ones column reset,
+``Ŵ ← Ŵ − η[∇_W, ∇_b]``) instead of seven operations; the parameters receive the copies at the end of the block.
+Any other optimiser receives the closed-form gradients in ``.grad`` and takes its own step, so its state stays the
+one a checkpoint expects.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from ufm_torch.models import UnconstrainedFeatures
+
+FOLDED_BIAS_LIMIT = 2**20
+"""Largest number of entries of ``[F, 1]`` (all replicas) for which plain descent folds the bias into copies of the
+weights: above it the arithmetic dominates and the copies would only add memory traffic."""
 
 
 def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> float | None:
@@ -29,27 +38,76 @@ def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> float | Non
 def closed_form_steps(
     network: UnconstrainedFeatures, row_labels: Tensor, optimizer: LightningOptimizer, steps: int
 ) -> Tensor:
-    """Take ``steps`` full-batch steps; return the logits ``Wh_i + b`` of the resulting state, shape ``(R, n, C)``.
+    """Take ``steps ≥ 1`` full-batch steps; return the logits ``Wh_i + b`` of the last step's forward pass.
 
-    ``row_labels[i]`` is the label of row ``i`` of ``network.features``. Each step is counted by the trainer
-    (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
+    Those are the logits of the state before the last update, shape ``(R, n, C)``: the loss a training step
+    reports, as for any optimiser step. ``row_labels[i]`` is the label of row ``i`` of ``network.features``.
+    Each step is counted by the trainer (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
     """
-    features, weight, bias = network.features, network.head.weight, network.head.bias
-    targets = torch.nn.functional.one_hot(row_labels, network.num_classes).to(features.dtype)
+    targets = torch.nn.functional.one_hot(row_labels, network.num_classes).to(network.features.dtype)
     step_size = plain_gradient_descent_rate(optimizer.optimizer)
+    if step_size is None:
+        residual = optimizer_steps(network, targets, optimizer, steps)
+    elif network.features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
+        residual = folded_bias_descent(network, targets, optimizer, steps, step_size)
+    else:
+        residual = in_place_descent(network, targets, optimizer, steps, step_size)
+    return residual.add_(targets)
+
+
+def folded_bias_descent(
+    network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, step_size: float
+) -> Tensor:
+    """Plain descent on ``F̂ = [F, 1]``, ``Ŵ = [W, b]`` (module docstring); returns the last residual ``(R, n, C)``."""
+    features, weight, bias = network.features, network.head.weight, network.head.bias
+    folded_features = torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
+    folded_weight = torch.cat([weight, bias.unsqueeze(-1)], dim=-1)
+    ones_column, folded_weight_t = folded_features[..., -1], folded_weight.transpose(-1, -2)
+    for _ in range(steps):
+        residual = torch.baddbmm(targets, folded_features, folded_weight_t, beta=-1)
+        gradient = torch.bmm(residual.transpose(-1, -2), folded_features)
+        optimizer._on_before_step()
+        folded_features.baddbmm_(residual, folded_weight, alpha=-step_size)
+        ones_column.fill_(1.0)
+        folded_weight.sub_(gradient, alpha=step_size)
+        optimizer._on_after_step()
+    features.copy_(folded_features[..., :-1])
+    weight.copy_(folded_weight[..., :-1])
+    bias.copy_(folded_weight[..., -1])
+    return residual
+
+
+def in_place_descent(
+    network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, step_size: float
+) -> Tensor:
+    """Plain descent on the parameters themselves, ``F ← F − η·AᵀW`` as one GEMM with β = 1; returns the last
+    residual ``(R, n, C)``."""
+    features, weight, bias = network.features, network.head.weight, network.head.bias
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
         residual = torch.baddbmm(bias_row, features, weight_t).sub_(targets)
         grad_weight = torch.bmm(residual.transpose(-1, -2), features)
         grad_bias = residual.sum(dim=-2)
         optimizer._on_before_step()
-        if step_size is not None:
-            features.baddbmm_(residual, weight, alpha=-step_size)
-            weight.sub_(grad_weight, alpha=step_size)
-            bias.sub_(grad_bias, alpha=step_size)
-        else:
-            features.grad = torch.bmm(residual, weight)
-            weight.grad, bias.grad = grad_weight, grad_bias
-            optimizer.optimizer.step()
+        features.baddbmm_(residual, weight, alpha=-step_size)
+        weight.sub_(grad_weight, alpha=step_size)
+        bias.sub_(grad_bias, alpha=step_size)
         optimizer._on_after_step()
-    return torch.baddbmm(bias_row, features, weight_t)
+    return residual
+
+
+def optimizer_steps(
+    network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int
+) -> Tensor:
+    """Closed-form gradients in ``.grad``, then the optimiser's own step; returns the last residual ``(R, n, C)``."""
+    features, weight, bias = network.features, network.head.weight, network.head.bias
+    bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
+    for _ in range(steps):
+        residual = torch.baddbmm(bias_row, features, weight_t).sub_(targets)
+        optimizer._on_before_step()
+        features.grad = torch.bmm(residual, weight)
+        weight.grad = torch.bmm(residual.transpose(-1, -2), features)
+        bias.grad = residual.sum(dim=-2)
+        optimizer.optimizer.step()
+        optimizer._on_after_step()
+    return residual

@@ -22,8 +22,8 @@ class CollapseModule(L.LightningModule):
     The loss of a step is the sum over replicas of the per-replica loss, so every replica receives exactly the
     gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
     parameters; ``loss`` names one of :data:`ufm_torch.losses.LOSSES` (None: :func:`default_loss_name`). Logged
-    per batch: ``train/loss`` and ``train/accuracy`` (means over replicas, of the state after a fused block; the
-    collapse monitor logs them per replica at its scheduled steps).
+    per batch: ``train/loss`` and ``train/accuracy`` (means over replicas, of the forward pass of the batch's last
+    step, as for any optimiser step; the collapse monitor logs them per replica at its scheduled steps).
 
     Backbones train with Lightning's automatic optimisation. The UFM with the paper's loss on full batches takes
     up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.fused_descent`), stopping at every
