@@ -130,13 +130,18 @@ class CollapseMonitor(L.Callback):
         """Every metric per replica, as float64 tensors of shape ``(R,)``: collapse metrics, loss and accuracy.
 
         A backbone (any network but the UFM) is measured by :func:`callbacks.backbone_measure.measure_backbone`.
+        The UFM's logits are those of the module's last fused block when it ended at this step.
         """
         network = pl_module.network
         if not isinstance(network, UnconstrainedFeatures):
             return measure_backbone(pl_module.trainer, pl_module)
         features, weight, bias = network.features, network.head.weight, network.head.bias
         labels = labels.to(features.device)
-        logits = network.head(features)
+        block_logits = getattr(pl_module, "block_logits", None)
+        if block_logits is not None and block_logits[0] == pl_module.global_step:
+            logits = block_logits[1]
+        else:
+            logits = network.head(features)
         metrics, statistics = collapse_metrics_with_statistics(features, labels, weight, bias)
         self.class_means = statistics.means
         values = {metric_tag(name): value for name, value in metrics.items()}

@@ -32,7 +32,7 @@ EDGE_VALUES = [
 LONG_TAGS = ["a", "t" * 127, "u" * 128, "v" * 300, "ε/nc1", "", "100%/loss", *(f"collapse/m{i}" for i in range(5))]
 TAG_SETS = {"one short tag": ["a"], "long tags, long summary": LONG_TAGS, "no tags": []}
 STEPS = [0, 1, 127, 128, 2**40, -1, 2**63 - 1, -(2**63)]
-WALL_TIMES = [0.0, -0.0, time.time()]
+WALL_TIMES = [0.0, -0.0, 1_795_921_516.663729]  # fixed, so that every test worker collects the same ids
 
 
 def protobuf_event(tags: list[str], values: list[float], step: int, wall_time: float) -> bytes:

@@ -79,11 +79,16 @@ def test_plain_descent_is_recognised_only_without_momentum_or_decay() -> None:
 def test_monitor_sees_every_scheduled_step_inside_fused_blocks(tmp_path: Path) -> None:
     model = UnconstrainedFeatures(3, 3, 15, init_scale=1e-2, seed=0)
     seen: list[int] = []
+    reused: list[int] = []
 
     class RecordingMonitor(CollapseMonitor):
         def evaluate(self, trainer, pl_module, step):
             seen.append(step)
             torch.testing.assert_close(pl_module.network.features, checkpoints[step])
+            if pl_module.block_logits is not None and pl_module.block_logits[0] == step:
+                reused.append(step)
+                network = pl_module.network
+                torch.testing.assert_close(pl_module.block_logits[1], network.head(network.features), rtol=0, atol=1e-15)
             super().evaluate(trainer, pl_module, step)
 
     reference = UnconstrainedFeatures(3, 3, 15, init_scale=1e-2, seed=0)
@@ -102,17 +107,17 @@ def test_monitor_sees_every_scheduled_step_inside_fused_blocks(tmp_path: Path) -
     )
     trainer.fit(CollapseModule(model, functools.partial(torch.optim.SGD, lr=0.05)), datamodule=UFMDataModule(3, 3))
     assert seen == evaluation_steps(300, points_per_decade=5, every_n_steps=70)
+    assert reused == seen[1:], "every evaluation after step 0 reuses the logits of the block that ended there"
 
 
 @pytest.mark.parametrize("folded_bias_limit", [fused_descent.FOLDED_BIAS_LIMIT, 0], ids=["folded", "in_place"])
-def test_block_returns_the_logits_of_its_last_forward_pass(
+def test_block_returns_the_logits_of_the_state_it_leaves(
     folded_bias_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fused_descent, "FOLDED_BIAS_LIMIT", folded_bias_limit)
     model = UnconstrainedFeatures(3, 3, 15, init_scale=1.0, replicas=2, seed=1)
     optimizer = LightningOptimizer(torch.optim.SGD(model.parameters(), lr=0.05))
-    closed_form_steps(model, class_major_labels(3, 3), optimizer, steps=4)
-    before_last = model.head(model.features).detach().clone()
-    logits = closed_form_steps(model, class_major_labels(3, 3), optimizer, steps=1)
-    torch.testing.assert_close(logits, before_last, rtol=0, atol=1e-14)
-    assert not torch.equal(model.head(model.features), before_last)
+    before = model.head(model.features).detach().clone()
+    logits = closed_form_steps(model, class_major_labels(3, 3), optimizer, steps=4)
+    torch.testing.assert_close(logits, model.head(model.features), rtol=0, atol=1e-14)
+    assert not torch.allclose(logits, before)

@@ -38,27 +38,27 @@ def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> float | Non
 def closed_form_steps(
     network: UnconstrainedFeatures, row_labels: Tensor, optimizer: LightningOptimizer, steps: int
 ) -> Tensor:
-    """Take ``steps ≥ 1`` full-batch steps; return the logits ``Wh_i + b`` of the last step's forward pass.
+    """Take ``steps ≥ 1`` full-batch steps; return the logits ``Wh_i + b`` of the state they leave, ``(R, n, C)``.
 
-    Those are the logits of the state before the last update, shape ``(R, n, C)``: the loss a training step
-    reports, as for any optimiser step. ``row_labels[i]`` is the label of row ``i`` of ``network.features``.
+    That state is the one the callbacks see at the block's last step (the divergence guard checks its loss, the
+    collapse monitor reuses the logits). ``row_labels[i]`` is the label of row ``i`` of ``network.features``.
     Each step is counted by the trainer (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
     """
     targets = torch.nn.functional.one_hot(row_labels, network.num_classes).to(network.features.dtype)
     step_size = plain_gradient_descent_rate(optimizer.optimizer)
     if step_size is None:
-        residual = optimizer_steps(network, targets, optimizer, steps)
+        optimizer_steps(network, targets, optimizer, steps)
     elif network.features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
-        residual = folded_bias_descent(network, targets, optimizer, steps, step_size)
+        return folded_bias_descent(network, targets, optimizer, steps, step_size)
     else:
-        residual = in_place_descent(network, targets, optimizer, steps, step_size)
-    return residual.add_(targets)
+        in_place_descent(network, targets, optimizer, steps, step_size)
+    return network.head(network.features)
 
 
 def folded_bias_descent(
     network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, step_size: float
 ) -> Tensor:
-    """Plain descent on ``F̂ = [F, 1]``, ``Ŵ = [W, b]`` (module docstring); returns the last residual ``(R, n, C)``."""
+    """Plain descent on ``F̂ = [F, 1]``, ``Ŵ = [W, b]`` (module docstring); returns the final logits ``F̂Ŵᵀ``."""
     features, weight, bias = network.features, network.head.weight, network.head.bias
     folded_features = torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
     folded_weight = torch.cat([weight, bias.unsqueeze(-1)], dim=-1)
@@ -74,14 +74,13 @@ def folded_bias_descent(
     features.copy_(folded_features[..., :-1])
     weight.copy_(folded_weight[..., :-1])
     bias.copy_(folded_weight[..., -1])
-    return residual
+    return torch.bmm(folded_features, folded_weight_t)
 
 
 def in_place_descent(
     network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, step_size: float
-) -> Tensor:
-    """Plain descent on the parameters themselves, ``F ← F − η·AᵀW`` as one GEMM with β = 1; returns the last
-    residual ``(R, n, C)``."""
+) -> None:
+    """Plain descent on the parameters themselves, ``F ← F − η·AᵀW`` as one GEMM with β = 1."""
     features, weight, bias = network.features, network.head.weight, network.head.bias
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
@@ -93,13 +92,12 @@ def in_place_descent(
         weight.sub_(grad_weight, alpha=step_size)
         bias.sub_(grad_bias, alpha=step_size)
         optimizer._on_after_step()
-    return residual
 
 
 def optimizer_steps(
     network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int
-) -> Tensor:
-    """Closed-form gradients in ``.grad``, then the optimiser's own step; returns the last residual ``(R, n, C)``."""
+) -> None:
+    """Closed-form gradients in ``.grad``, then the optimiser's own step."""
     features, weight, bias = network.features, network.head.weight, network.head.bias
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
@@ -110,4 +108,3 @@ def optimizer_steps(
         bias.grad = residual.sum(dim=-2)
         optimizer.optimizer.step()
         optimizer._on_after_step()
-    return residual

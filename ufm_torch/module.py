@@ -22,12 +22,14 @@ class CollapseModule(L.LightningModule):
     The loss of a step is the sum over replicas of the per-replica loss, so every replica receives exactly the
     gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
     parameters; ``loss`` names one of :data:`ufm_torch.losses.LOSSES` (None: :func:`default_loss_name`). Logged
-    per batch: ``train/loss`` and ``train/accuracy`` (means over replicas, of the forward pass of the batch's last
-    step, as for any optimiser step; the collapse monitor logs them per replica at its scheduled steps).
+    per batch: ``train/loss`` and ``train/accuracy`` (means over replicas, of the state after a fused block; the
+    collapse monitor logs them per replica at its scheduled steps).
 
     Backbones train with Lightning's automatic optimisation. The UFM with the paper's loss on full batches takes
     up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.fused_descent`), stopping at every
     step a callback must see (:mod:`ufm_torch.step_boundaries`); ``global_step`` counts each of them.
+    ``block_logits`` then holds ``(global_step, logits of every sample)`` of the state after the block, which the
+    collapse monitor evaluates at that step without another forward pass.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class CollapseModule(L.LightningModule):
         self.loss_fn = LOSSES[loss]
         self.fused_steps = fused_steps
         self.automatic_optimization = not isinstance(network, UnconstrainedFeatures)
+        self.block_logits: tuple[int, Tensor] | None = None
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits of the network for a batch of inputs."""
@@ -59,6 +62,7 @@ class CollapseModule(L.LightningModule):
             row_labels = torch.empty_like(labels).index_copy_(0, inputs, labels)
             steps = steps_until_boundary(self.trainer, self.fused_steps)
             logits = closed_form_steps(self.network, row_labels, optimizer, steps)
+            self.block_logits = (self.trainer.global_step, logits)
             return self._log_and_sum(self.loss_fn(logits, row_labels), logits, row_labels)
         optimizer.zero_grad()
         logits = self.network(inputs)

@@ -38,10 +38,10 @@ from ufm_torch.metrics.neural_collapse import nearest_center_mismatches
 from ufm_torch.metrics.statistics import (
     ClassStatistics,
     ScatterMatrix,
-    centred_class_moments,
     check_labels,
+    corrected_two_pass_moments,
     divisor,
-    scale_features,
+    feature_scale,
 )
 
 
@@ -66,9 +66,9 @@ class Moments(NamedTuple):
 def batch_moments(features: Tensor, labels: Tensor, num_classes: int) -> Moments:
     """Moments of one batch ``(*R, b, p)`` by the corrected two-pass algorithm."""
     check_labels(labels, features.shape[-2], num_classes)
-    scaled, scale = scale_features(features)
-    counts, provisional, corrections, rows = centred_class_moments(scaled, labels, num_classes)
-    return Moments(counts, scale, provisional, corrections, rows.transpose(-1, -2) @ rows)
+    scale = feature_scale(features)
+    counts, rows = corrected_two_pass_moments(features, labels, num_classes, scale)
+    return Moments(counts, scale, rows.provisional, rows.corrections, rows.scatter_matrix())
 
 
 def merge_moments(first: Moments, second: Moments) -> Moments:

@@ -27,4 +27,4 @@ def collapse_metrics_with_statistics(
     """:func:`collapse_metrics` and the :class:`ClassStatistics` it was computed from (class means for plots)."""
     statistics = class_statistics(features, labels, weight.shape[-2])
     strong = snc_metrics_from_statistics(statistics, weight, bias)
-    return nc_metrics_with_statistics(statistics, features, weight, bias) | strong, statistics
+    return nc_metrics_with_statistics(statistics, weight, bias) | strong, statistics

@@ -13,10 +13,13 @@ the level of rounding: NC1 and NC2–NC3), a class mean at ``μ_G`` (the cosines
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from ufm_torch.metrics.statistics import (
+    CenteredRows,
     ClassStatistics,
     class_statistics,
     divisor,
@@ -54,20 +57,50 @@ def orthonormal_complement_of_ones(num_classes: int, like: Tensor) -> Tensor:
     return entries / torch.sqrt(k * (k + 1))
 
 
-def within_to_between_trace(statistics: ClassStatistics, centred_means: Tensor) -> Tensor:
-    """NC1 ``Tr(Σ_W Σ_B⁺)/C = Σ_k u_kᵀ Σ_W u_k / s_k²`` over the SVD ``M̄ = Σ_k s_k u_k v_kᵀ`` (Papyan et al., NC1).
+class MeanGeometry(NamedTuple):
+    """The class means in units of the feature scale and the frame of their span (shared by NC1–NC4).
 
-    ``Σ_B⁺ = C Σ_k u_k u_kᵀ / s_k²``. The SVD is of ``M̄Q`` (``p × (C−1)``, ``Q`` an orthonormal basis of
-    ``1^⊥``), which has the same ``u_k, s_k`` as ``M̄`` because ``M̄1 = 0``, without the rounding-level
-    singular value of the centring; ranks below ``max(C−1, p)·ε·s_max`` are dropped. Cost O(npC).
+    ``finite`` ``(...)``: means and within-class trace finite (elsewhere ``means`` are set to 0);
+    ``means`` ``(..., C, p)``; ``centred`` ``M̄ᵀ`` (rows ``μ_c − μ_G``); ``directions`` ``(..., k, p)`` and
+    ``singular_values`` ``(..., k)``: the SVD ``M̄ = Σ_k s_k u_k v_kᵀ`` (all ``k = min(C−1, p)`` orthonormal rows
+    ``u_k``, which span every ``μ_c − μ_G``); ``kept``: the ``s_k`` above the rank tolerance.
     """
-    basis = orthonormal_complement_of_ones(statistics.num_classes, centred_means)
-    spanned = basis.transpose(0, 1) @ centred_means
+
+    finite: Tensor
+    means: Tensor
+    centred: Tensor
+    directions: Tensor
+    singular_values: Tensor
+    kept: Tensor
+
+
+def mean_geometry(statistics: ClassStatistics) -> MeanGeometry:
+    """:class:`MeanGeometry` of the statistics' class means.
+
+    The SVD is of ``QᵀM̄ᵀ`` (``(C−1) × p``, ``Q`` the Helmert basis of ``1^⊥``), which has the same ``u_k, s_k`` as
+    ``M̄`` because ``M̄1 = 0``, without the rounding-level singular value of the centring; singular values below
+    ``max(C−1, p)·ε·s_max`` are not kept.
+    """
+    means = statistics.scaled_means
+    finite = means.isfinite().all(dim=-1).all(dim=-1) & statistics.within_scatter.trace().isfinite()
+    means = torch.where(finite[..., None, None], means, 0.0)
+    centred = means - means.mean(dim=-2, keepdim=True)
+    basis = orthonormal_complement_of_ones(statistics.num_classes, centred)
+    spanned = basis.transpose(0, 1) @ centred
     _, singular_values, directions = torch.linalg.svd(spanned, full_matrices=False)
     tolerance = max(spanned.shape[-2:]) * torch.finfo(spanned.dtype).eps
     kept = singular_values > tolerance * singular_values[..., :1]
-    within = statistics.within_scatter.quadratic_form(directions) / statistics.num_samples
-    return torch.where(kept, within / singular_values.square(), 0.0).sum(dim=-1)
+    return MeanGeometry(finite, means, centred, directions, singular_values, kept)
+
+
+def within_to_between_trace(geometry: MeanGeometry, within_quadratic: Tensor, num_samples: Tensor) -> Tensor:
+    """NC1 ``Tr(Σ_W Σ_B⁺)/C = Σ_k u_kᵀ Σ_W u_k / s_k²`` over the kept ``k`` (Papyan et al., NC1).
+
+    ``Σ_B⁺ = C Σ_k u_k u_kᵀ / s_k²``; ``within_quadratic`` holds ``u_kᵀ S u_k`` with ``S = n Σ_W`` (the
+    scatter), ``(..., k)``. No ``p × p`` matrix is formed.
+    """
+    within = within_quadratic / num_samples
+    return torch.where(geometry.kept, within / geometry.singular_values.square(), 0.0).sum(dim=-1)
 
 
 def centred_mean_directions(class_means: Tensor) -> Tensor:
@@ -105,20 +138,27 @@ def nc_metrics_from_statistics(
       ``nc2_etf = ‖M̃ᵀM̃ − (C/(C−1))I + (1/(C−1))11ᵀ‖_F`` (Mixon et al., NC2);
     - ``nc3 = ‖Wᵀ/‖W‖_F − M̃/‖M̃‖_F‖_F`` (Mixon et al., NC3).
 
-    ``nc4`` needs per-sample features: :func:`nearest_center_mismatches` or ``NearestCenterMismatch``.
-    ``bias`` does not enter NC1–NC3; it is accepted so that both ``*_from_statistics`` share a signature.
+    ``nc4`` needs per-sample features: :func:`nc_metrics_with_statistics`, :func:`nearest_center_mismatches` or
+    ``NearestCenterMismatch``. ``bias`` does not enter NC1–NC3; it is accepted so that both ``*_from_statistics``
+    share a signature.
     """
     del bias
-    num_classes = statistics.num_classes
     weight = weight.to(torch.float64)
-    names = [name for name in NC_METRIC_NAMES if name != "nc4"]
-    if num_classes < 2:
-        return undefined_for_one_class(names, statistics, weight)
+    if statistics.num_classes < 2:
+        return undefined_for_one_class([name for name in NC_METRIC_NAMES if name != "nc4"], statistics, weight)
+    geometry = mean_geometry(statistics)
+    within_quadratic = statistics.within_scatter.quadratic_form(geometry.directions)
+    return nc1_to_nc3(statistics, geometry, weight, within_quadratic)
 
-    means = statistics.scaled_means
-    finite = means.isfinite().all(dim=-1).all(dim=-1) & statistics.within_scatter.trace().isfinite()
-    means = torch.where(finite[..., None, None], means, 0.0)
-    centred = means - means.mean(dim=-2, keepdim=True)
+
+def nc1_to_nc3(
+    statistics: ClassStatistics, geometry: MeanGeometry, weight: Tensor, within_quadratic: Tensor
+) -> dict[str, Tensor]:
+    """The values of :func:`nc_metrics_from_statistics` given ``u_kᵀ S u_k`` (``within_quadratic``), masked to
+    NaN where undefined (module docstring)."""
+    num_classes = statistics.num_classes
+    names = [name for name in NC_METRIC_NAMES if name != "nc4"]
+    means, centred, finite = geometry.means, geometry.centred, geometry.finite
     centred_norms = centred.norm(dim=-1)
     largest_mean = means.norm(dim=-1).amax(dim=-1)
     between_trace = centred.square().sum(dim=(-1, -2)) / num_classes
@@ -134,7 +174,7 @@ def nc_metrics_from_statistics(
     weight_norm = scaled_weight.norm(dim=(-1, -2))
     unit_norm = unit.norm(dim=(-1, -2))
     values = {
-        "nc1": within_to_between_trace(statistics, centred),
+        "nc1": within_to_between_trace(geometry, within_quadratic, statistics.num_samples),
         "nc1_quotient": within_trace / between_trace,
         "nc2_equinorm_means": coefficient_of_variation(centred_norms),
         "nc2_equinorm_classifier": coefficient_of_variation(scaled_weight.norm(dim=-1)),
@@ -199,18 +239,40 @@ def nearest_center_mismatches(
     return torch.where(finite, mismatches.to(torch.float64), torch.nan)
 
 
-def nc4_from_statistics(
-    features: Tensor, weight: Tensor, bias: Tensor, statistics: ClassStatistics
-) -> Tensor:
-    """NC4 fraction ``(1/n) #{i : argmax(Wh_i + b) ≠ argmin_c ‖h_i − μ_c‖}`` (Papyan et al. 2020, NC4)."""
-    empty = (statistics.counts == 0).nonzero().flatten().tolist()
-    if empty:
-        warn_undefined(["nc4"], torch.tensor(False), f"classes {empty} have no samples")
-        shape = torch.broadcast_shapes(statistics.scale.shape, weight.shape[:-2])
-        return statistics.scale.new_full(shape, torch.nan)
-    values = {"nc4": nearest_center_mismatches(features, weight, bias, statistics.means) / statistics.num_samples}
-    mask_undefined(values, ["nc4"], values["nc4"].isfinite(), "the inputs are not finite")
-    return values["nc4"]
+def within_projections_and_mismatches(
+    rows: CenteredRows, geometry: MeanGeometry, weight: Tensor, bias: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``u_kᵀ S u_k`` ``(..., k)`` (NC1) and the NC4 mismatch count ``(...)`` (NaN if not finite) in one pass.
+
+    Each block of centred rows ``r_i`` (units of the feature scale ``s``) is multiplied once by ``[U; W/t]``
+    (``t`` the power-of-two scale of ``W``; ``U`` has ``k = min(C−1, p)`` rows). The squares ``(u_j·r_i)²`` sum
+    to the quadratic forms. With ``h_i/s = r_i + μ_{y_i}`` the classifier's scores are
+    ``(w_c/t)·r_i + (w_c/t)·μ_{y_i} + b_c/(ts)`` (the argmax of ``Wh_i + b``); with ``m̄_c = (μ_c − μ_G)/s``
+    ``= Σ_j e_cj u_j``, the nearest-centre scores ``‖h_i − μ_c‖²/s²`` less terms that do not depend on ``c`` are
+    ``‖m̄_c‖² − 2 m̄_{y_i}·m̄_c − 2 Σ_j (u_j·r_i) e_cj``.
+    Cost O(npC) with ``k + C ≤ 2C − 1`` columns, no ``n × p`` copy (Papyan et al., NC1 and NC4).
+    """
+    num_directions = geometry.directions.shape[-2]
+    weight_scale = divisor(power_of_two_scale(largest_magnitude(weight, 2)))
+    scaled_weight = weight / weight_scale[..., None, None]
+    shape = torch.broadcast_shapes(scaled_weight.shape, geometry.means.shape)
+    directions = torch.cat([geometry.directions.expand(*shape[:-2], -1, -1), scaled_weight.expand(shape)], dim=-2)
+    scaled_bias = bias / weight_scale[..., None] / divisor(rows.scale)[..., None]
+    class_scores = geometry.means @ scaled_weight.transpose(-1, -2) + scaled_bias.unsqueeze(-2)
+    coordinates = geometry.centred @ geometry.directions.transpose(-1, -2)
+    centre_gram = geometry.centred @ geometry.centred.transpose(-1, -2)
+    centre_offsets = centre_gram.diagonal(dim1=-2, dim2=-1).unsqueeze(-2) - 2 * centre_gram
+    quadratic, mismatches, finite = 0, 0, True
+    for block, block_rows in rows.blocks():
+        labels = rows.labels[block]
+        products = block_rows @ directions.transpose(-1, -2)
+        projections = products[..., :num_directions]
+        quadratic = quadratic + projections.square().sum(dim=-2)
+        scores = products[..., num_directions:] + class_scores.index_select(-2, labels)
+        distances = centre_offsets.index_select(-2, labels) - 2 * projections @ coordinates.transpose(-1, -2)
+        mismatches = mismatches + (scores.argmax(dim=-1) != distances.argmin(dim=-1)).sum(dim=-1)
+        finite = finite & torch.cat([scores, distances], dim=-1).isfinite().flatten(-2).all(dim=-1)
+    return quadratic, torch.where(finite, mismatches.to(torch.float64), torch.nan)
 
 
 @torch.no_grad()
@@ -220,17 +282,27 @@ def nc_metrics(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor) -
     Keys :data:`NC_METRIC_NAMES`; definitions in :func:`nc_metrics_from_statistics` and
     ``nc4 = (1/n) #{i : argmax(Wh_i + b) ≠ argmin_c ‖h_i − μ_c‖}``. Float64 ``(...)`` on the input's device.
     """
-    return nc_metrics_with_statistics(
-        class_statistics(features, labels, weight.shape[-2]), features, weight, bias
-    )
+    return nc_metrics_with_statistics(class_statistics(features, labels, weight.shape[-2]), weight, bias)
 
 
-def nc_metrics_with_statistics(
-    statistics: ClassStatistics, features: Tensor, weight: Tensor, bias: Tensor
-) -> dict[str, Tensor]:
-    """All of :data:`NC_METRIC_NAMES` from statistics already computed from ``features``."""
+@torch.no_grad()
+def nc_metrics_with_statistics(statistics: ClassStatistics, weight: Tensor, bias: Tensor) -> dict[str, Tensor]:
+    """All of :data:`NC_METRIC_NAMES` from :func:`class_statistics` of whole feature tensors (their centred rows).
+
+    NC1's projections and NC4's scores come from one pass over the features
+    (:func:`within_projections_and_mismatches`).
+    """
+    weight = weight.to(torch.float64)
     if statistics.num_classes < 2:
         return undefined_for_one_class(list(NC_METRIC_NAMES), statistics, weight)
-    values = nc_metrics_from_statistics(statistics, weight)
-    values["nc4"] = nc4_from_statistics(features, weight, bias, statistics)
+    geometry = mean_geometry(statistics)
+    within_quadratic, mismatches = within_projections_and_mismatches(
+        statistics.within_scatter, geometry, weight, bias.to(torch.float64)
+    )
+    values = nc1_to_nc3(statistics, geometry, weight, within_quadratic)
+    values["nc4"] = mismatches / statistics.num_samples
+    mask_undefined(values, ["nc4"], mismatches.isfinite(), "the inputs are not finite")
+    empty = (statistics.counts == 0).nonzero().flatten().tolist()
+    defined = torch.tensor(not empty, device=mismatches.device)
+    mask_undefined(values, ["nc4"], defined, f"classes {empty} have no samples")
     return values

@@ -11,12 +11,14 @@ magnitude 1e-150 or 1e150 neither underflow nor overflow.
 Class means use the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): a first pass gives a
 provisional mean ``m̃_c``, a second pass the exact correction ``d_c = mean_{i∈c}(h_i − m̃_c)``, and the
 centred rows are ``(h_i − m̃_c) − d_c``. They stay accurate to machine precision *relative to the
-within-class spread*, however small it is compared with the means.
+within-class spread*, however small it is compared with the means. Every pass reads the features in blocks of
+:data:`ROW_CHUNK` rows converted into one reused float64 buffer, so no ``n × p`` float64 copy is ever made.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -91,12 +93,55 @@ def check_labels(labels: Tensor, num_samples: int, num_classes: int) -> None:
         )
 
 
-class CenteredRows:
-    """Within-class scatter ``S = Σ_i r_i r_iᵀ`` kept as the centred rows ``r_i = h_i − μ_{y_i}``, ``(..., n, p)``."""
+@torch.no_grad()
+def shifted_row_blocks(
+    features: Tensor, labels: Tensor, scale: Tensor, offsets: tuple[Tensor, ...]
+) -> Iterator[tuple[slice, Tensor]]:
+    """Consecutive blocks of rows ``(h_i / s) − o¹_{y_i} − o²_{y_i} − …`` in float64, ``(..., b, p)``.
 
-    def __init__(self, rows: Tensor) -> None:
-        self.rows = rows
-        self.squared_norm = torch.linalg.vector_norm(rows, dim=(-1, -2)).square()
+    ``scale`` ``(...)``: the power of two ``s`` (0 for all-zero features, which stay 0); ``offsets`` per-class rows
+    ``(..., C, p)`` in units of ``s``. At most :data:`ROW_CHUNK` rows per block, written into one reused buffer:
+    a block is valid until the next one is produced. The features are read, never copied whole.
+    """
+    num_rows = features.shape[-2]
+    block_shape = (*features.shape[:-2], min(ROW_CHUNK, num_rows), features.shape[-1])
+    rows_buffer = torch.empty(block_shape, dtype=torch.float64, device=features.device)
+    gathered_buffer = torch.empty_like(rows_buffer) if offsets else rows_buffer
+    scale = divisor(scale)[..., None, None]
+    for block in row_blocks(num_rows):
+        size = block.stop - block.start
+        full = size == rows_buffer.shape[-2]
+        rows = rows_buffer if full else torch.empty_like(rows_buffer[..., :size, :])
+        gathered = gathered_buffer if full else torch.empty_like(rows)
+        rows.copy_(features[..., block, :]).div_(scale)
+        for offset in offsets:
+            rows.sub_(torch.index_select(offset, -2, labels[block], out=gathered))
+        yield block, rows
+
+
+class CenteredRows:
+    """Within-class scatter ``S = Σ_i r_i r_iᵀ`` of whole feature tensors, kept implicitly.
+
+    The centred rows ``r_i = (h_i/s − m̃_{y_i}) − d_{y_i}`` (provisional means ``m̃`` and corrections ``d`` of the
+    corrected two-pass algorithm, in units of the power of two ``s``) are regenerated block by block from the
+    features whenever they are needed: O(np) time per use and O(ROW_CHUNK · p) memory; the features are never
+    copied. The object refers to ``features``: it describes them as long as they are not modified.
+    """
+
+    def __init__(
+        self, features: Tensor, labels: Tensor, scale: Tensor, provisional: Tensor, corrections: Tensor,
+        squared_norm: Tensor,
+    ) -> None:
+        self.features = features
+        self.labels = labels
+        self.scale = scale
+        self.provisional = provisional
+        self.corrections = corrections
+        self.squared_norm = squared_norm
+
+    def blocks(self) -> Iterator[tuple[slice, Tensor]]:
+        """``(rows slice, r_i for those rows (..., b, p))``, one block at a time (:func:`shifted_row_blocks`)."""
+        return shifted_row_blocks(self.features, self.labels, self.scale, (self.provisional, self.corrections))
 
     def trace(self) -> Tensor:
         """``tr S = Σ_i ‖r_i‖²``, shape ``(...)``."""
@@ -104,7 +149,17 @@ class CenteredRows:
 
     def quadratic_form(self, directions: Tensor) -> Tensor:
         """``u_kᵀ S u_k = Σ_i (u_kᵀ r_i)²`` for the rows ``u_k`` of ``directions`` ``(..., k, p)``: ``(..., k)``."""
-        return (self.rows @ directions.transpose(-1, -2)).square().sum(dim=-2)
+        total = 0
+        for _, rows in self.blocks():
+            total = total + (rows @ directions.transpose(-1, -2)).square().sum(dim=-2)
+        return total
+
+    def scatter_matrix(self) -> Tensor:
+        """``S = Σ_i r_i r_iᵀ`` as a ``p × p`` matrix, ``(..., p, p)``."""
+        total = 0
+        for _, rows in self.blocks():
+            total = total + rows.transpose(-1, -2) @ rows
+        return total
 
 
 class ScatterMatrix:
@@ -154,53 +209,49 @@ class ClassStatistics:
         return torch.where((self.counts > 0)[..., :, None], means, torch.nan)
 
 
-def scale_features(features: Tensor) -> tuple[Tensor, Tensor]:
-    """``(features / scale, scale)`` in float64 with ``scale`` the per-replica power of two of ``max |h_ij|``.
+def feature_scale(features: Tensor) -> Tensor:
+    """The per-replica power of two ``s`` with ``max |h_ij| / s ∈ [1, 2)`` (0 for all-zero features), float64."""
+    return power_of_two_scale(largest_magnitude(features, dims=2).to(torch.float64))
 
-    One float64 copy of the features is made and divided in place (the input is never modified).
+
+def class_sums(rows: Iterator[tuple[slice, Tensor]], labels: Tensor, like: Tensor, num_classes: int) -> Tensor:
+    """``Σ_{i∈c} r_i`` for every class over the blocks ``rows``, ``(..., C, p)`` (scatter-adds, O(np))."""
+    sums = like.new_zeros(*like.shape[:-2], num_classes, like.shape[-1], dtype=torch.float64)
+    for block, block_rows in rows:
+        sums.index_add_(-2, labels[block], block_rows)
+    return sums
+
+
+def corrected_two_pass_moments(
+    features: Tensor, labels: Tensor, num_classes: int, scale: Tensor
+) -> tuple[Tensor, CenteredRows]:
+    """Class counts and the centred rows of ``h/s`` by the corrected two-pass algorithm (Chan, Golub & LeVeque).
+
+    ``m̃_c = Σ_{i∈c} (h_i/s) / n_c``, ``d_c = Σ_{i∈c} (h_i/s − m̃_c) / n_c`` (class means ``m̃_c + d_c``) and
+    ``Σ_i ‖r_i‖² = Σ_i ‖h_i/s − m̃_{y_i}‖² − Σ_c n_c ‖d_c‖²``; classes without samples get 0. Two reads of the
+    features, block by block.
     """
-    scaled = features.to(torch.float64, copy=True)
-    scale = power_of_two_scale(largest_magnitude(scaled, dims=2))
-    return scaled.div_(divisor(scale)[..., None, None]), scale
-
-
-def class_sums(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """``Σ_{i∈c} h_i`` for every class, ``(..., C, p)``: one scatter-add pass over the rows, O(np)."""
-    sums = features.new_zeros(*features.shape[:-2], num_classes, features.shape[-1])
-    return sums.index_add_(-2, labels, features)
-
-
-def centred_class_moments(
-    features: Tensor, labels: Tensor, num_classes: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Corrected two-pass class moments ``(counts, provisional means m̃, corrections d, centred rows)``.
-
-    ``m̃_c = Σ_{i∈c} h_i / n_c``, ``d_c = Σ_{i∈c} (h_i − m̃_c) / n_c``, rows ``(h_i − m̃_{y_i}) − d_{y_i}``;
-    the class means are ``m̃_c + d_c`` (Chan, Golub & LeVeque 1983). Classes without samples get 0. Each pass
-    is a scatter-add, O(np). ``features`` (float64, already a private copy) is overwritten by the centred rows.
-    """
-    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
     per_class = counts.clamp(min=1)[:, None]
-    provisional = class_sums(features, labels, num_classes) / per_class
-    subtract_class_rows(features, provisional, labels)
-    corrections = class_sums(features, labels, num_classes) / per_class
-    return counts, provisional, corrections, subtract_class_rows(features, corrections, labels)
-
-
-def subtract_class_rows(rows: Tensor, per_class: Tensor, labels: Tensor) -> Tensor:
-    """``rows[..., i, :] −= per_class[..., labels[i], :]`` in place, block by block (no ``n × p`` temporary)."""
-    for block in row_blocks(rows.shape[-2]):
-        rows[..., block, :].sub_(per_class.index_select(-2, labels[block]))
-    return rows
+    provisional = class_sums(shifted_row_blocks(features, labels, scale, ()), labels, features, num_classes)
+    provisional = provisional / per_class
+    corrections = features.new_zeros(provisional.shape, dtype=torch.float64)
+    squared = 0
+    for block, rows in shifted_row_blocks(features, labels, scale, (provisional,)):
+        corrections.index_add_(-2, labels[block], rows)
+        squared = squared + torch.linalg.vector_norm(rows, dim=(-1, -2)).square()
+    corrections = corrections / per_class
+    squared_norm = (squared - (counts[:, None] * corrections.square()).sum(dim=(-1, -2))).clamp(min=0)
+    return counts, CenteredRows(features, labels, scale, provisional, corrections, squared_norm)
 
 
 @torch.no_grad()
 def class_statistics(features: Tensor, labels: Tensor, num_classes: int) -> ClassStatistics:
-    """Class statistics of whole feature tensors ``(..., n, p)``, scatter kept as centred rows (O(np) memory).
+    """Class statistics of whole feature tensors ``(..., n, p)``, scatter kept as centred rows (no copy of them).
 
     ``μ_c`` class means, ``Σ_W = (1/n) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ`` (Papyan, Han & Donoho 2020).
     """
     check_labels(labels, features.shape[-2], num_classes)
-    scaled, scale = scale_features(features)
-    counts, provisional, corrections, rows = centred_class_moments(scaled, labels, num_classes)
-    return ClassStatistics(counts, provisional + corrections, CenteredRows(rows), scale)
+    scale = feature_scale(features)
+    counts, rows = corrected_two_pass_moments(features, labels, num_classes, scale)
+    return ClassStatistics(counts, rows.provisional + rows.corrections, rows, scale)
