@@ -87,8 +87,8 @@ def test_monitor_sees_every_scheduled_step_inside_fused_blocks(tmp_path: Path) -
             torch.testing.assert_close(pl_module.network.features, checkpoints[step])
             if pl_module.block_logits is not None and pl_module.block_logits[0] == step:
                 reused.append(step)
-                network = pl_module.network
-                torch.testing.assert_close(pl_module.block_logits[1], network.head(network.features), rtol=0, atol=1e-15)
+                fresh = pl_module.network.head(pl_module.network.features)
+                torch.testing.assert_close(pl_module.block_logits[1], fresh, rtol=0, atol=1e-15)
             super().evaluate(trainer, pl_module, step)
 
     reference = UnconstrainedFeatures(3, 3, 15, init_scale=1e-2, seed=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from ufm_torch.metrics import collapse_metrics, nc_metrics, project_onto_S, snc_metrics
+from ufm_torch.metrics import collapse_metrics, nc_metrics, project_onto_S, snc_metrics, statistics
 
 SHAPES = [(3, 3, 15), (5, 4, 2), (4, 3, 40), (2, 5, 3), (10, 3, 6)]
 """(C, N, p): the paper's Figure 1 size, p < C − 1, p ≫ C, two classes, p < C − 1 with many classes."""
@@ -133,3 +133,31 @@ def test_brute_force_reference_detects_a_wrong_nc1():
     expected = brute_force_nc(features[0], labels, weight[0], bias[0])
     values = nc_metrics(*(torch.tensor(array) for array in (features, labels, weight, bias)))
     assert not np.isclose(float(values["nc1"][0]) * 3, expected["nc1"], rtol=1e-3)
+
+
+@pytest.mark.parametrize(("num_classes", "samples_per_class", "feature_dim"), [(3, 5, 15), (10, 3, 6)])
+def test_metrics_read_in_row_blocks_match_brute_force(
+    num_classes: int, samples_per_class: int, feature_dim: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of 4 rows (several full blocks and a shorter last one) give the brute-force values."""
+    monkeypatch.setattr(statistics, "ROW_CHUNK", 4)
+    features, labels, weight, bias = random_problem(num_classes, samples_per_class, feature_dim, seed=11)
+    values = collapse_metrics(*(torch.tensor(array) for array in (features, labels, weight, bias)))
+    for replica in range(REPLICAS):
+        expected = brute_force_nc(features[replica], labels, weight[replica], bias[replica])
+        expected |= brute_force_snc(features[replica], labels, weight[replica], bias[replica])[0]
+        assert_close({name: value[replica] for name, value in values.items()}, expected)
+
+
+def test_class_statistics_leave_float32_features_unchanged_and_uncopied() -> None:
+    """The centred rows are regenerated from the caller's tensor, which is neither modified nor copied whole."""
+    features, labels, _, _ = random_problem(4, 3, 5, seed=3)
+    tensor = torch.tensor(features, dtype=torch.float32)
+    before = tensor.clone()
+    rows = statistics.class_statistics(tensor, torch.tensor(labels), 4).within_scatter
+    assert rows.features is tensor and torch.equal(tensor, before)
+    stored = before.double().numpy()
+    centred = stored - np.stack([stored[:, labels == c].mean(axis=1) for c in range(4)], axis=1)[:, labels]
+    scaled = centred / rows.scale.numpy()[:, None, None]
+    dense = np.einsum("rni,rnj->rij", scaled, scaled)
+    assert np.allclose(rows.scatter_matrix().numpy(), dense, rtol=1e-12, atol=1e-14)

@@ -113,7 +113,7 @@ def shifted_row_blocks(
         full = size == rows_buffer.shape[-2]
         rows = rows_buffer if full else torch.empty_like(rows_buffer[..., :size, :])
         gathered = gathered_buffer if full else torch.empty_like(rows)
-        rows.copy_(features[..., block, :]).div_(scale)
+        torch.div(features[..., block, :], scale, out=rows)
         for offset in offsets:
             rows.sub_(torch.index_select(offset, -2, labels[block], out=gathered))
         yield block, rows
