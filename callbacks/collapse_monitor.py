@@ -137,10 +137,8 @@ class CollapseMonitor(L.Callback):
             return measure_backbone(pl_module.trainer, pl_module)
         features, weight, bias = network.features, network.head.weight, network.head.bias
         labels = labels.to(features.device)
-        block_logits = getattr(pl_module, "block_logits", None)
-        if block_logits is not None and block_logits[0] == pl_module.global_step:
-            logits = block_logits[1]
-        else:
+        logits = pl_module.current_logits() if hasattr(pl_module, "current_logits") else None
+        if logits is None:
             logits = network.head(features)
         metrics, statistics = collapse_metrics_with_statistics(features, labels, weight, bias)
         self.class_means = statistics.means

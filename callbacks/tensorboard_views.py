@@ -75,9 +75,18 @@ def simplex_etf_gram(num_classes: int) -> np.ndarray:
     return (num_classes * np.eye(num_classes) - np.ones((num_classes, num_classes))) / (num_classes - 1)
 
 
-def gram_comparison_image(gram: np.ndarray, cell_pixels: int = 16) -> np.ndarray:
-    """HWC uint8 image: ``gram`` (M̃ᵀM̃) and the simplex ETF side by side, colours on [−1, 1] (coolwarm)."""
+GRAM_IMAGE_PIXELS = 256
+"""Height of a Gram-matrix image when every class gets at least one pixel: cells shrink as C grows (16 pixels at
+most), so that encoding the image stays cheap for many classes."""
+
+
+def gram_comparison_image(gram: np.ndarray, cell_pixels: int | None = None) -> np.ndarray:
+    """HWC uint8 image: ``gram`` (M̃ᵀM̃) and the simplex ETF side by side, colours on [−1, 1] (coolwarm).
+
+    ``cell_pixels`` per matrix entry; by default ``min(16, max(1, GRAM_IMAGE_PIXELS // C))``.
+    """
     num_classes = gram.shape[0]
+    cell_pixels = cell_pixels or min(16, max(1, GRAM_IMAGE_PIXELS // num_classes))
     separator = np.full((num_classes, 1), np.nan)
     panel = np.concatenate([gram, separator, simplex_etf_gram(num_classes)], axis=1)
     colours = colormaps["coolwarm"]((np.nan_to_num(panel, nan=0.0) + 1.0) / 2.0)[..., :3]

@@ -13,7 +13,13 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from callbacks.event_writer import EventFileWriter, ScalarEventEncoder
-from callbacks.tensorboard_views import add_scalar_rows, add_scalars_event
+from callbacks.tensorboard_views import (
+    GRAM_IMAGE_PIXELS,
+    add_scalar_rows,
+    add_scalars_event,
+    gram_comparison_image,
+    simplex_etf_gram,
+)
 
 EDGE_VALUES = [
     0.0,
@@ -113,3 +119,12 @@ def test_event_file_round_trips_through_tensorboard_reader(tmp_path: Path) -> No
             with np.errstate(over="ignore"):
                 expected = np.array(rows[replica], dtype=np.float64).astype(np.float32)
             assert np.array(read_values, dtype=np.float32).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("num_classes", [3, 10, 100, 1000])
+def test_gram_image_cells_shrink_with_many_classes(num_classes: int) -> None:
+    gram = simplex_etf_gram(num_classes)
+    image = gram_comparison_image(gram)
+    cell = min(16, max(1, GRAM_IMAGE_PIXELS // num_classes))
+    assert image.shape == (num_classes * cell, (2 * num_classes + 1) * cell, 3) and image.dtype == np.uint8
+    assert np.array_equal(image[:cell, :cell], image[-cell:, -cell:])  # both panels start with the ETF's diagonal

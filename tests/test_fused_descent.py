@@ -85,10 +85,10 @@ def test_monitor_sees_every_scheduled_step_inside_fused_blocks(tmp_path: Path) -
         def evaluate(self, trainer, pl_module, step):
             seen.append(step)
             torch.testing.assert_close(pl_module.network.features, checkpoints[step])
-            if pl_module.block_logits is not None and pl_module.block_logits[0] == step:
+            if (logits := pl_module.current_logits()) is not None:
                 reused.append(step)
                 fresh = pl_module.network.head(pl_module.network.features)
-                torch.testing.assert_close(pl_module.block_logits[1], fresh, rtol=0, atol=1e-15)
+                torch.testing.assert_close(logits, fresh, rtol=0, atol=1e-15)
             super().evaluate(trainer, pl_module, step)
 
     reference = UnconstrainedFeatures(3, 3, 15, init_scale=1e-2, seed=0)
@@ -121,3 +121,17 @@ def test_block_returns_the_logits_of_the_state_it_leaves(
     logits = closed_form_steps(model, class_major_labels(3, 3), optimizer, steps=4)
     torch.testing.assert_close(logits, model.head(model.features), rtol=0, atol=1e-14)
     assert not torch.allclose(logits, before)
+
+
+def test_kept_logits_are_dropped_once_a_parameter_changes(tmp_path: Path) -> None:
+    model = UnconstrainedFeatures(3, 3, 15, init_scale=1e-2, seed=0)
+    module = CollapseModule(model, functools.partial(torch.optim.SGD, lr=0.05), fused_steps=64)
+    trainer = L.Trainer(
+        max_steps=100, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, precision="64-true", default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=UFMDataModule(3, 3))
+    torch.testing.assert_close(module.current_logits(), model.head(model.features), rtol=0, atol=1e-15)
+    with torch.no_grad():
+        model.features.add_(1.0)
+    assert module.current_logits() is None

@@ -36,23 +36,28 @@ def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> float | Non
 
 @torch.no_grad()
 def closed_form_steps(
-    network: UnconstrainedFeatures, row_labels: Tensor, optimizer: LightningOptimizer, steps: int
+    network: UnconstrainedFeatures,
+    row_labels: Tensor,
+    optimizer: LightningOptimizer,
+    steps: int,
+    logits: Tensor | None = None,
 ) -> Tensor:
     """Take ``steps ≥ 1`` full-batch steps; return the logits ``Wh_i + b`` of the state they leave, ``(R, n, C)``.
 
     That state is the one the callbacks see at the block's last step (the divergence guard checks its loss, the
     collapse monitor reuses the logits). ``row_labels[i]`` is the label of row ``i`` of ``network.features``.
-    Each step is counted by the trainer (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
+    ``logits``, if given, must be those of the present state: plain descent on a large problem and the other
+    optimisers start from them instead of a product, and overwrite them. Each step is counted by the trainer
+    (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
     """
     targets = torch.nn.functional.one_hot(row_labels, network.num_classes).to(network.features.dtype)
     step_size = plain_gradient_descent_rate(optimizer.optimizer)
-    if step_size is None:
-        optimizer_steps(network, targets, optimizer, steps)
-    elif network.features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
+    if step_size is not None and network.features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
         return folded_bias_descent(network, targets, optimizer, steps, step_size)
-    else:
-        in_place_descent(network, targets, optimizer, steps, step_size)
-    return network.head(network.features)
+    logits = network.head(network.features) if logits is None else logits
+    if step_size is None:
+        return optimizer_steps(network, targets, optimizer, steps, logits)
+    return in_place_descent(network, targets, optimizer, steps, step_size, logits)
 
 
 def folded_bias_descent(
@@ -78,13 +83,19 @@ def folded_bias_descent(
 
 
 def in_place_descent(
-    network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, step_size: float
-) -> None:
-    """Plain descent on the parameters themselves, ``F ← F − η·AᵀW`` as one GEMM with β = 1."""
+    network: UnconstrainedFeatures,
+    targets: Tensor,
+    optimizer: LightningOptimizer,
+    steps: int,
+    step_size: float,
+    logits: Tensor,
+) -> Tensor:
+    """Plain descent on the parameters themselves, ``F ← F − η·AᵀW`` as one GEMM with β = 1, from the present
+    state's ``logits``; returns the final logits (each step's product gives the next step's residual)."""
     features, weight, bias = network.features, network.head.weight, network.head.bias
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
-        residual = torch.baddbmm(bias_row, features, weight_t).sub_(targets)
+        residual = logits.sub_(targets)
         grad_weight = torch.bmm(residual.transpose(-1, -2), features)
         grad_bias = residual.sum(dim=-2)
         optimizer._on_before_step()
@@ -92,19 +103,24 @@ def in_place_descent(
         weight.sub_(grad_weight, alpha=step_size)
         bias.sub_(grad_bias, alpha=step_size)
         optimizer._on_after_step()
+        logits = torch.baddbmm(bias_row, features, weight_t)
+    return logits
 
 
 def optimizer_steps(
-    network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int
-) -> None:
-    """Closed-form gradients in ``.grad``, then the optimiser's own step."""
+    network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, logits: Tensor
+) -> Tensor:
+    """Closed-form gradients in ``.grad``, then the optimiser's own step, from the present state's ``logits``;
+    returns the final logits."""
     features, weight, bias = network.features, network.head.weight, network.head.bias
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
-        residual = torch.baddbmm(bias_row, features, weight_t).sub_(targets)
+        residual = logits.sub_(targets)
         optimizer._on_before_step()
         features.grad = torch.bmm(residual, weight)
         weight.grad = torch.bmm(residual.transpose(-1, -2), features)
         bias.grad = residual.sum(dim=-2)
         optimizer.optimizer.step()
         optimizer._on_after_step()
+        logits = torch.baddbmm(bias_row, features, weight_t)
+    return logits

@@ -28,8 +28,8 @@ class CollapseModule(L.LightningModule):
     Backbones train with Lightning's automatic optimisation. The UFM with the paper's loss on full batches takes
     up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.fused_descent`), stopping at every
     step a callback must see (:mod:`ufm_torch.step_boundaries`); ``global_step`` counts each of them.
-    ``block_logits`` then holds ``(global_step, logits of every sample)`` of the state after the block, which the
-    collapse monitor evaluates at that step without another forward pass.
+    The logits of the state a block leaves are kept: :meth:`current_logits` hands them to the collapse monitor
+    (no forward pass at an evaluation) and the next block starts from them (no product to start it).
     """
 
     def __init__(
@@ -45,7 +45,7 @@ class CollapseModule(L.LightningModule):
         self.loss_fn = LOSSES[loss]
         self.fused_steps = fused_steps
         self.automatic_optimization = not isinstance(network, UnconstrainedFeatures)
-        self.block_logits: tuple[int, Tensor] | None = None
+        self.block_logits: tuple[tuple[int, ...], Tensor] | None = None
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits of the network for a batch of inputs."""
@@ -61,8 +61,8 @@ class CollapseModule(L.LightningModule):
         if self.loss_name == "sum_squared" and inputs.shape[0] == self.network.features.shape[-2]:
             row_labels = torch.empty_like(labels).index_copy_(0, inputs, labels)
             steps = steps_until_boundary(self.trainer, self.fused_steps)
-            logits = closed_form_steps(self.network, row_labels, optimizer, steps)
-            self.block_logits = (self.trainer.global_step, logits)
+            logits = closed_form_steps(self.network, row_labels, optimizer, steps, logits=self.current_logits())
+            self.block_logits = (self._state_stamp(), logits)
             return self._log_and_sum(self.loss_fn(logits, row_labels), logits, row_labels)
         optimizer.zero_grad()
         logits = self.network(inputs)
@@ -70,6 +70,20 @@ class CollapseModule(L.LightningModule):
         self.manual_backward(loss)
         optimizer.step()
         return loss.detach()
+
+    def current_logits(self) -> Tensor | None:
+        """Logits ``(R, n, C)`` of every training sample in the network's present state if the last fused block left
+        it (same step, parameters untouched since), else None. A later block takes them over and overwrites them."""
+        if self.block_logits is None or self.block_logits[0] != self._state_stamp():
+            return None
+        return self.block_logits[1]
+
+    def _state_stamp(self) -> tuple[int, ...]:
+        """``global_step`` and, per parameter, its storage and in-place version counter: equal stamps, equal state."""
+        stamp = [self.trainer.global_step]
+        for parameter in self.network.parameters():
+            stamp += [parameter.data_ptr(), parameter._version]
+        return tuple(stamp)
 
     def _log_and_sum(self, loss_per_replica: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
         """Log the mean loss and accuracy over replicas; return the loss summed over replicas."""
