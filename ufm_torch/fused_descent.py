@@ -19,6 +19,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.objective import one_hot_targets
 
 FOLDED_BIAS_LIMIT = 2**20
 """Largest number of entries of ``[F, 1]`` (all replicas) for which plain descent folds the bias into copies of the
@@ -50,7 +51,7 @@ def closed_form_steps(
     optimisers start from them instead of a product, and overwrite them. Each step is counted by the trainer
     (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
     """
-    targets = torch.nn.functional.one_hot(row_labels, network.num_classes).to(network.features.dtype)
+    targets = one_hot_targets(row_labels, network.num_classes, network.features.dtype)
     step_size = plain_gradient_descent_rate(optimizer.optimizer)
     if step_size is not None and network.features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
         return folded_bias_descent(network, targets, optimizer, steps, step_size)

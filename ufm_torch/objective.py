@@ -11,8 +11,9 @@ from torch import Tensor
 
 
 def one_hot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """Rows of ``Y``: the one-hot matrix ``I_C ⊗ 1_Nᵀ`` transposed, shape ``(n, C)``."""
-    return torch.nn.functional.one_hot(labels, num_classes).to(dtype)
+    """Rows of ``Y``: the one-hot matrix ``I_C ⊗ 1_Nᵀ`` transposed, shape ``(n, C)``, written directly in ``dtype``."""
+    targets = torch.zeros(*labels.shape, num_classes, dtype=dtype, device=labels.device)
+    return targets.scatter_(-1, labels.unsqueeze(-1), 1.0)
 
 
 def residual(features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
