@@ -262,7 +262,7 @@ def within_projections_and_mismatches(
     coordinates = geometry.centred @ geometry.directions.transpose(-1, -2)
     centre_gram = geometry.centred @ geometry.centred.transpose(-1, -2)
     centre_offsets = centre_gram.diagonal(dim1=-2, dim2=-1).unsqueeze(-2) - 2 * centre_gram
-    quadratic, mismatches, finite = 0, 0, True
+    quadratic, mismatches = 0, 0
     for block, block_rows in rows.blocks():
         labels = rows.labels[block]
         products = block_rows @ directions.transpose(-1, -2)
@@ -271,7 +271,9 @@ def within_projections_and_mismatches(
         scores = products[..., num_directions:] + class_scores.index_select(-2, labels)
         distances = centre_offsets.index_select(-2, labels) - 2 * projections @ coordinates.transpose(-1, -2)
         mismatches = mismatches + (scores.argmax(dim=-1) != distances.argmin(dim=-1)).sum(dim=-1)
-        finite = finite & torch.cat([scores, distances], dim=-1).isfinite().flatten(-2).all(dim=-1)
+    finite = quadratic.isfinite().all(dim=-1)  # a non-finite entry of any row reaches every projection of it
+    for table in (scaled_weight, class_scores, centre_offsets):
+        finite = finite & table.isfinite().flatten(-2).all(dim=-1)
     return quadratic, torch.where(finite, mismatches.to(torch.float64), torch.nan)
 
 
