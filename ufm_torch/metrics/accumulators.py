@@ -41,7 +41,7 @@ from ufm_torch.metrics.statistics import (
     check_labels,
     corrected_two_pass_moments,
     divisor,
-    feature_scale,
+    matrix_scale,
 )
 
 
@@ -66,7 +66,7 @@ class Moments(NamedTuple):
 def batch_moments(features: Tensor, labels: Tensor, num_classes: int) -> Moments:
     """Moments of one batch ``(*R, b, p)`` by the corrected two-pass algorithm."""
     check_labels(labels, features.shape[-2], num_classes)
-    scale = feature_scale(features)
+    scale = matrix_scale(features)
     counts, rows = corrected_two_pass_moments(features, labels, num_classes, scale)
     return Moments(counts, scale, rows.provisional, rows.corrections, rows.scatter_matrix())
 

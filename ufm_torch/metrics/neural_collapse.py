@@ -25,6 +25,7 @@ from ufm_torch.metrics.statistics import (
     divisor,
     largest_magnitude,
     mask_undefined,
+    matrix_scale,
     power_of_two_scale,
     row_blocks,
     warn_undefined,
@@ -170,7 +171,7 @@ def nc1_to_nc3(
     simplex_gram = (num_classes * identity - 1) / (num_classes - 1)
     off_diagonal = cosines[..., identity == 0]
 
-    scaled_weight = weight / divisor(power_of_two_scale(largest_magnitude(weight, 2)))[..., None, None]
+    scaled_weight = weight / divisor(matrix_scale(weight))[..., None, None]
     weight_norm = scaled_weight.norm(dim=(-1, -2))
     unit_norm = unit.norm(dim=(-1, -2))
     values = {
@@ -219,7 +220,7 @@ def nearest_center_mismatches(
     feature_scale = divisor(
         power_of_two_scale(torch.maximum(largest_magnitude(features, 2), largest_magnitude(class_means, 2)))
     )[..., None, None]
-    weight_scale = divisor(power_of_two_scale(largest_magnitude(weight, 2)))[..., None]
+    weight_scale = divisor(matrix_scale(weight))[..., None]
     scaled_means = class_means / feature_scale
     centre = scaled_means.mean(dim=-2, keepdim=True)
     centred_means = scaled_means - centre
@@ -253,7 +254,7 @@ def within_projections_and_mismatches(
     Cost O(npC) with ``k + C ≤ 2C − 1`` columns, no ``n × p`` copy (Papyan et al., NC1 and NC4).
     """
     num_directions = geometry.directions.shape[-2]
-    weight_scale = divisor(power_of_two_scale(largest_magnitude(weight, 2)))
+    weight_scale = divisor(matrix_scale(weight))
     scaled_weight = weight / weight_scale[..., None, None]
     shape = torch.broadcast_shapes(scaled_weight.shape, geometry.means.shape)
     directions = torch.cat([geometry.directions.expand(*shape[:-2], -1, -1), scaled_weight.expand(shape)], dim=-2)

@@ -210,9 +210,10 @@ class ClassStatistics:
         return torch.where((self.counts > 0)[..., :, None], means, torch.nan)
 
 
-def feature_scale(features: Tensor) -> Tensor:
-    """The per-replica power of two ``s`` with ``max |h_ij| / s ∈ [1, 2)`` (0 for all-zero features), float64."""
-    return power_of_two_scale(largest_magnitude(features, dims=2).to(torch.float64))
+def matrix_scale(matrix: Tensor) -> Tensor:
+    """The per-replica power of two ``s`` with ``max |x_ij| / s ∈ [1, 2)`` over the last two dimensions (0 for a zero
+    matrix), float64: the unit in which features or weights are squared without overflow or underflow."""
+    return power_of_two_scale(largest_magnitude(matrix, dims=2).to(torch.float64))
 
 
 def class_sums(rows: Iterator[tuple[slice, Tensor]], labels: Tensor, like: Tensor, num_classes: int) -> Tensor:
@@ -253,6 +254,6 @@ def class_statistics(features: Tensor, labels: Tensor, num_classes: int) -> Clas
     ``μ_c`` class means, ``Σ_W = (1/n) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ`` (Papyan, Han & Donoho 2020).
     """
     check_labels(labels, features.shape[-2], num_classes)
-    scale = feature_scale(features)
+    scale = matrix_scale(features)
     counts, rows = corrected_two_pass_moments(features, labels, num_classes, scale)
     return ClassStatistics(counts, rows.provisional + rows.corrections, rows, scale)

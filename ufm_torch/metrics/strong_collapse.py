@@ -24,6 +24,7 @@ from ufm_torch.metrics.statistics import (
     divisor,
     largest_magnitude,
     mask_undefined,
+    matrix_scale,
     power_of_two_scale,
 )
 
@@ -74,7 +75,7 @@ def relative_distance_from_S(statistics: ClassStatistics, weight: Tensor, bias: 
     ``‖Z‖²_E = Σ_i ‖h_i − μ_{y_i}‖² + N Σ_c ‖μ_c‖² + ‖W‖²_F + ‖b‖²`` (module docstring).
     """
     total_scale = torch.maximum(
-        torch.maximum(statistics.scale, power_of_two_scale(largest_magnitude(weight, 2))),
+        torch.maximum(statistics.scale, matrix_scale(weight)),
         power_of_two_scale(largest_magnitude(bias, 1)),
     )
     ratio = (statistics.scale / divisor(total_scale))[..., None, None]
