@@ -17,9 +17,9 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from benchmarks.common import best_time
 from ufm_torch.data import class_major_labels
-from ufm_torch.fused_descent import closed_form_steps
 from ufm_torch.metrics import ClassStatisticsAccumulator, collapse_metrics
 from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.training.fused_descent import closed_form_steps
 
 NUM_CLASSES, SAMPLES_PER_CLASS, FEATURE_DIM = 100, 1000, 512
 STEPS = 4

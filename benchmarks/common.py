@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from hydra import compose, initialize_config_module
 
-from ufm_torch.train import build_and_fit
+from ufm_torch.cli.train import build_and_fit
 
 
 def single_thread() -> None:
@@ -33,7 +33,7 @@ def best_time(function: Callable[[], object], repeats: int = 3) -> float:
 
 def train_with_ufm_train(*overrides: str) -> float:
     """Wall time of ``build_and_fit`` (Trainer, default callbacks and logger) for the composed config."""
-    with tempfile.TemporaryDirectory() as run_dir, initialize_config_module(config_module="conf", version_base="1.3"):
+    with tempfile.TemporaryDirectory() as run_dir, initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
         quiet = ["callbacks.progress.refresh_rate=0"]
         cfg = compose(config_name="train", overrides=[f"run_dir={run_dir}", *quiet, *overrides])
         start = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,41 +14,30 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from callbacks.backbone_measure import measure_backbone, replica_identities
-from callbacks.metrics_log import MetricsLog
-from callbacks.schedule import evaluation_steps
-from callbacks.tensorboard_views import (
+from ufm_torch.metrics import centred_mean_directions
+from ufm_torch.metrics.network import NetworkMeasurement, measure_backbone, measure_free_features
+from ufm_torch.metrics.schedule import evaluation_steps
+from ufm_torch.metrics.tags import GRAM_IMAGE_TAG
+from ufm_torch.models import has_free_features
+from ufm_torch.run_folder.layout import METRICS_FILE
+from ufm_torch.run_folder.metrics_log import MetricsLog
+from ufm_torch.run_folder.names import replica_run_name
+from ufm_torch.run_folder.tensorboard import (
     add_image,
     add_scalar_rows,
     gram_comparison_image,
     open_replica_writers,
     write_hparams,
 )
-from ufm_torch.metrics import centred_mean_directions, collapse_metrics_with_statistics
-from ufm_torch.models import UnconstrainedFeatures
-from ufm_torch.run_names import replica_run_name
-
-METRIC_GROUPS = {
-    "snc1": "strong_collapse",
-    "snc2": "strong_collapse",
-    "snc3": "strong_collapse",
-    "dist_S": "strong_collapse",
-}
-
 
 TENSORBOARD_FLUSH_SECONDS = 2.0
 """The replica runs reach TensorBoard at most this long after an evaluation (and all of them at the end)."""
 
 
-def metric_tag(name: str) -> str:
-    """TensorBoard tag of a metric: ``strong_collapse/…`` for SNC and dist_S, ``collapse/…`` for NC."""
-    return f"{METRIC_GROUPS.get(name, 'collapse')}/{name}"
-
-
 class CollapseMonitor(L.Callback):
     """Evaluates every collapse metric on the whole training set at scheduled steps and writes it everywhere.
 
-    Schedule: :func:`callbacks.schedule.evaluation_steps` (step 0, ``points_per_decade`` geometric points per
+    Schedule: :func:`ufm_torch.metrics.schedule.evaluation_steps` (step 0, ``points_per_decade`` geometric points per
     decade, every ``every_n_steps`` steps if set, and the last step). Each evaluation goes to ``metrics.jsonl``
     in ``output_dir`` (float64, one line per replica), to each TensorBoard replica run ``eps=<ε>/rep=<k>``
     under the TensorBoard logger's folder, and to any other logger with a ``/eps=<ε>/rep=<k>`` suffix.
@@ -67,7 +57,7 @@ class CollapseMonitor(L.Callback):
         self.points_per_decade = points_per_decade
         self.every_n_steps = every_n_steps
         self.gram_images = gram_images
-        self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl")
+        self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE)
         self.steps: list[int] = []
         self.schedule: set[int] = set()
         self.image_steps: set[int] = set()
@@ -75,6 +65,7 @@ class CollapseMonitor(L.Callback):
         self.last_records: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.class_means: Tensor | None = None
+        self.measure: Callable[[L.LightningModule, L.LightningDataModule], NetworkMeasurement] = measure_backbone
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build the schedule, open the log (dropping records past a resumed checkpoint) and evaluate the start."""
@@ -84,9 +75,10 @@ class CollapseMonitor(L.Callback):
         picks = torch.linspace(0, len(steps) - 1, max(self.gram_images, 1)).round().long().unique()
         self.image_steps = {steps[i] for i in picks.tolist()} if self.gram_images else set()
         network = pl_module.network
+        self.measure = measure_free_features if has_free_features(network) else measure_backbone
         if trainer.is_global_zero:
             self.metrics_log.open(trainer.global_step, replicas=network.num_replicas)
-            names = [replica_run_name(scale, copy) for scale, copy, _ in replica_identities(network)]
+            names = [replica_run_name(replica.init_scale, replica.copy) for replica in network.replica_identities()]
             tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
             if tensorboard is not None:
                 self.writers = open_replica_writers(Path(tensorboard.log_dir), names)
@@ -125,32 +117,9 @@ class CollapseMonitor(L.Callback):
         if (step in self.schedule or force) and trainer.strategy.broadcast(step not in self.metrics_log.logged_steps):
             self.evaluate(trainer, pl_module, step)
 
-    @torch.no_grad()
-    def measure(self, pl_module: L.LightningModule, labels: Tensor) -> dict[str, Tensor]:
-        """Every metric per replica, as float64 tensors of shape ``(R,)``: collapse metrics, loss and accuracy.
-
-        A backbone (any network but the UFM) is measured by :func:`callbacks.backbone_measure.measure_backbone`.
-        The UFM's logits are those of the module's last fused block when it ended at this step.
-        """
-        network = pl_module.network
-        if not isinstance(network, UnconstrainedFeatures):
-            return measure_backbone(pl_module.trainer, pl_module)
-        features, weight, bias = network.features, network.head.weight, network.head.bias
-        labels = labels.to(features.device)
-        logits = pl_module.current_logits() if hasattr(pl_module, "current_logits") else None
-        if logits is None:
-            logits = network.head(features)
-        metrics, statistics = collapse_metrics_with_statistics(features, labels, weight, bias)
-        self.class_means = statistics.means
-        values = {metric_tag(name): value for name, value in metrics.items()}
-        values["train/loss"] = pl_module.loss_fn(logits, labels).to(torch.float64)
-        values["train/accuracy"] = (logits.argmax(-1) == labels).to(torch.float64).mean(-1)
-        return values
-
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """Measure at ``step`` and write one record per replica to the log, the loggers and TensorBoard."""
-        labels = trainer.datamodule.labels
-        values = self.measure(pl_module, labels)
+        values, self.class_means = self.measure(pl_module, trainer.datamodule)
         if not trainer.is_global_zero:
             return
         names = list(values)
@@ -159,7 +128,7 @@ class CollapseMonitor(L.Callback):
         records = [
             {"step": step, "replica": r, "init_scale": scale, "copy": copy, "seed": seed}
             | dict(zip(names, row, strict=True))
-            for r, ((scale, copy, seed), row) in enumerate(zip(replica_identities(network), table, strict=True))
+            for r, ((scale, copy, seed), row) in enumerate(zip(network.replica_identities(), table, strict=True))
         ]
         self.metrics_log.write(records)
         self.last_records = records
@@ -178,7 +147,7 @@ class CollapseMonitor(L.Callback):
                     },
                     step,
                 )
-        if step in self.image_steps and self.writers and isinstance(network, UnconstrainedFeatures):
+        if step in self.image_steps and self.writers:
             self._add_gram_images(records, step)
 
     def _add_gram_images(self, records: list[dict], step: int) -> None:
@@ -189,7 +158,7 @@ class CollapseMonitor(L.Callback):
         grams = directions @ directions.transpose(-1, -2)
         for replica, gram in zip(first_copies, grams.cpu().numpy(), strict=True):
             image = gram_comparison_image(gram)
-            add_image(self.writers[replica], "collapse/gram_vs_simplex_etf", image, step)
+            add_image(self.writers[replica], GRAM_IMAGE_TAG, image, step)
 
     def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Per replica run: hyperparameters (ε, seed, C, N, p, lr, optimiser, command-line overrides) against its

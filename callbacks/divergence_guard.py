@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ufm_torch.run_status import DivergenceError
+from ufm_torch.errors import DivergenceError
 
 
 class DivergenceGuard(L.Callback):

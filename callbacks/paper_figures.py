@@ -8,9 +8,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.image import imread
 
-from callbacks.metrics_log import read_metrics
-from ufm_torch.fused_descent import plain_gradient_descent_rate
-from ufm_torch.plotting import (
+from ufm_torch.analysis.paper_figures import (
     RunSetup,
     TheoryCurve,
     figure1,
@@ -19,19 +17,21 @@ from ufm_torch.plotting import (
     scaling_figure,
     snc3_theory_curves,
 )
-from ufm_torch.summary import write_summary
+from ufm_torch.analysis.summary import write_summary
+from ufm_torch.run_folder.metrics_log import read_metrics
+from ufm_torch.training.fused_descent import plain_gradient_descent_rate
 
 
 class PaperFigures(L.Callback):
     """Draws Mixon et al.'s Figures 1 and 2 and writes the per-ε summary when fitting ends (rank 0).
 
-    Reads ``<output_dir>/metrics.jsonl`` (written by :class:`callbacks.collapse_monitor.CollapseMonitor`,
+    Reads ``<output_dir>/metrics.jsonl`` (written by :class:`ufm_torch.callbacks.collapse_monitor.CollapseMonitor`,
     which must run too) and writes, in ``output_dir``: ``figures/figure1.png`` (SNC1–SNC3 errors),
     ``figures/figure2.png`` (distance to S), ``figures/scaling.png`` (final errors against ε with fitted
-    slopes) and ``summary.csv`` (:mod:`ufm_torch.summary`); prints the summary table and adds the PNGs as
+    slopes) and ``summary.csv`` (:mod:`ufm_torch.analysis.summary`); prints the summary table and adds the PNGs as
     images to every TensorBoard logger (tags ``paper/figure1``, ``paper/figure2``, ``paper/scaling``; read
     back from disk, so each figure is rendered once). The SNC3 theory overlays
-    (:func:`ufm_torch.plotting.snc3_theory_curves`) are drawn when ``snc3_theory`` is set and the run is
+    (:func:`ufm_torch.analysis.paper_figures.snc3_theory_curves`) are drawn when ``snc3_theory`` is set and the run is
     plain full-batch gradient descent on the summed squared loss, the setting they describe.
     """
 

@@ -1,0 +1,1 @@
+"""Hydra configs of ufm-torch (installed as ``ufm_torch.conf``): ``train.yaml`` and its config groups."""

@@ -9,9 +9,9 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from callbacks.backbone_measure import measure_backbone
-from callbacks.metrics_log import read_metrics
 from tests.conftest import run_ufm_train
+from ufm_torch.metrics.network import measure_backbone
+from ufm_torch.run_folder.metrics_log import read_metrics
 
 # 9 classes of 25 images: 225 samples, so the two processes hold shards of 113 and 112.
 SETTINGS = (
@@ -43,7 +43,7 @@ def test_ddp_spawn_metrics_equal_single_process_metrics_on_the_same_weights(tmp_
     final = read_metrics(run / "metrics.jsonl")[-1]
     assert final["step"] == 20
 
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*SETTINGS, f"run_dir={run}"])
     network = instantiate(cfg.model).double()
     module = instantiate(cfg.module, network=network, optimizer=None)

@@ -9,17 +9,17 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 
-from callbacks.collapse_monitor import CollapseMonitor
-from callbacks.metrics_log import read_metrics
-from callbacks.schedule import evaluation_steps
 from tests.conftest import run_ufm_train
-from ufm_torch.compare import comparison_configs, run_comparison
+from ufm_torch.analysis.comparison import comparison_configs, run_comparison
+from ufm_torch.cli.train import build_and_fit
 from ufm_torch.data import DigitsDataModule
 from ufm_torch.metrics import NC_METRIC_NAMES, SNC_METRIC_NAMES
+from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.models import MLP
-from ufm_torch.module import CollapseModule
-from ufm_torch.train import build_and_fit
+from ufm_torch.run_folder.metrics_log import read_metrics
+from ufm_torch.training.module import CollapseModule
 
 METRIC_TAGS = (
     {f"collapse/{name}" for name in NC_METRIC_NAMES}
@@ -78,13 +78,13 @@ def test_training_features_are_computed_once_per_evaluation(tmp_path: Path) -> N
 
 
 def test_comparison_trains_backbone_and_ufm_with_the_same_shape_and_draws_both(tmp_path: Path) -> None:
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
         cfg = compose(
             config_name="train",
             overrides=[
                 "experiment=compare_digits", f"run_dir={tmp_path}", "data.num_classes=3", "data.samples_per_class=6",
                 "data.batch_size=6", "model.feature_dim=4", "model.width=16", "trainer.max_steps=12",
-                "comparison.ufm.trainer.max_steps=12", "callbacks.collapse_monitor.every_n_steps=4",
+                "comparison.ufm.trainer.max_steps=12", "ufm_torch.callbacks.collapse_monitor.every_n_steps=4",
                 "~callbacks.progress", "~callbacks.checkpoint",
             ],
         )

@@ -6,14 +6,14 @@ import types
 
 import pytest
 import torch
+from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 
-from callbacks.backbone_measure import measure_backbone, replica_identities
-from callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import DigitsDataModule, UFMDataModule
 from ufm_torch.metrics import collapse_metrics
+from ufm_torch.metrics.network import measure_backbone, replica_identities
 from ufm_torch.models import MLP, ConvNet, LinearHead, UnconstrainedFeatures, resnet18_small
-from ufm_torch.module import CollapseModule
-from ufm_torch.run_names import replica_run_name
+from ufm_torch.run_folder.names import replica_run_name
+from ufm_torch.training.module import CollapseModule
 
 
 def digits_module(batch_norm: bool = True, **data: int) -> tuple[CollapseModule, DigitsDataModule]:

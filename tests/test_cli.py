@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from callbacks.metrics_log import read_metrics
-from callbacks.schedule import evaluation_steps
 from tests.conftest import run_ufm_train
+from ufm_torch.metrics.schedule import evaluation_steps
+from ufm_torch.run_folder.metrics_log import read_metrics
 
 
 def scalar_tags(log_dir: Path) -> set[str]:

@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from callbacks.event_writer import EventFileWriter, ScalarEventEncoder
-from callbacks.tensorboard_views import (
+from ufm_torch.run_folder.event_writer import EventFileWriter, ScalarEventEncoder
+from ufm_torch.run_folder.tensorboard import (
     GRAM_IMAGE_PIXELS,
     add_scalar_rows,
     add_scalars_event,

@@ -9,15 +9,15 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 
-from callbacks.collapse_monitor import CollapseMonitor
-from callbacks.schedule import evaluation_steps
 from ufm_torch import fused_descent
 from ufm_torch.data import UFMDataModule, class_major_labels
-from ufm_torch.fused_descent import closed_form_steps, plain_gradient_descent_rate
-from ufm_torch.losses import sum_squared_error
+from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.models import UnconstrainedFeatures
-from ufm_torch.module import CollapseModule
+from ufm_torch.training.fused_descent import closed_form_steps, plain_gradient_descent_rate
+from ufm_torch.training.losses import sum_squared_error
+from ufm_torch.training.module import CollapseModule
 
 OPTIMIZERS = {
     "gradient_descent": functools.partial(torch.optim.SGD, lr=0.05),

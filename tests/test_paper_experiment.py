@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from tests.conftest import REPO, run_ufm_train
-from ufm_torch.plotting import (
+from ufm_torch.analysis.paper_figures import (
     DIST_S,
     SNC1,
     SNC2,
@@ -24,7 +24,7 @@ from ufm_torch.plotting import (
     scaling_figure,
     snc3_theory_curves,
 )
-from ufm_torch.summary import (
+from ufm_torch.analysis.summary import (
     final_records,
     format_summary,
     loglog_fit,

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from sklearn.datasets import load_digits
 
 from tests.conftest import run_ufm_train
+from ufm_torch.cli.validation import validate_config
 from ufm_torch.data import (
     CIFAR10DataModule,
     DatasetNotFoundError,
@@ -19,12 +20,12 @@ from ufm_torch.data import (
     GaussianMixtureDataModule,
     MNISTDataModule,
 )
-from ufm_torch.validation import ConfigError, validate_config
+from ufm_torch.errors import ConfigError
 
 
 def compose_train(*overrides: str):
     """The composed ``train`` config with ``overrides``."""
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
         return compose(config_name="train", overrides=[*overrides, "run_dir=unused"])
 
 

@@ -14,15 +14,15 @@ from tensorboard.plugins.hparams import metadata
 
 from tests.conftest import run_ufm_train
 from ufm_torch import train
-from ufm_torch.launchers import check_launcher_plugin, plugin_installed
-from ufm_torch.sweep import Job, final_records, format_summary_csv, summary_table, swept_keys
-from ufm_torch.validation import ConfigError
+from ufm_torch.cli.overrides import check_launcher_plugin, plugin_installed
+from ufm_torch.errors import ConfigError
+from ufm_torch.run_folder.jobs import Job, final_records, format_summary_csv, summary_table, swept_keys
 
 UFM_PLOT = Path(sys.executable).parent / "ufm-plot"
 FAST = (
     "trainer.max_steps=20",
-    "callbacks.collapse_monitor.points_per_decade=1",
-    "callbacks.collapse_monitor.gram_images=0",
+    "ufm_torch.callbacks.collapse_monitor.points_per_decade=1",
+    "ufm_torch.callbacks.collapse_monitor.gram_images=0",
     "callbacks.progress.refresh_rate=0",
     "~callbacks.checkpoint",
 )
@@ -111,7 +111,7 @@ def test_failed_and_diverged_jobs_are_summarised_beside_the_finished_one(tmp_pat
 
 
 def test_a_missing_launcher_plugin_is_one_line_naming_the_sweeps_extra(monkeypatch, capsys) -> None:
-    monkeypatch.setattr("ufm_torch.launchers.plugin_installed", lambda module: False)
+    monkeypatch.setattr("ufm_torch.cli.overrides.plugin_installed", lambda module: False)
     with pytest.raises(ConfigError, match=r"pip install 'ufm-torch\[sweeps\]'"):
         check_launcher_plugin(["-m", "hydra/launcher=joblib"])
     monkeypatch.setattr(sys, "argv", ["ufm-train", "-m", "hydra/launcher=submitit_slurm"])

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from ufm_torch.objective import ufm_risk
 from ufm_torch.theory import (
     gradient_descent,
     gradient_descent_snc3_error,
@@ -27,6 +26,7 @@ from ufm_torch.theory import (
     theorem3_limit_gram,
     theorem3_trajectory,
 )
+from ufm_torch.training.objective import ufm_risk
 
 DTYPE = torch.float64
 

@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from tests.conftest import run_ufm_train
-from ufm_torch.train import CONFIG_DIR
-from ufm_torch.validation import ConfigError, check_group_choices, validate_config
+from ufm_torch.cli.train import CONFIG_DIR
+from ufm_torch.cli.validation import ConfigError, check_group_choices, validate_config
 
 BAD_OVERRIDES = [
     ("model.init_scale=-1", "model.init_scale"),
@@ -35,7 +35,7 @@ BAD_OVERRIDES = [
 
 def compose_train(*overrides: str):
     """The composed ``train`` config with ``overrides``."""
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
         return compose(config_name="train", overrides=[*overrides, "run_dir=unused"])
 
 

@@ -1,0 +1,1 @@
+"""ufm-torch: neural collapse in the unconstrained features model and in real networks (Lightning, Hydra)."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from ufm_torch.validation import ConfigError
+from ufm_torch.errors import ConfigError
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from ufm_torch.data.balanced import BalancedDataModule, Splits, balanced_indices, check_declared, complement
-from ufm_torch.validation import ConfigError
+from ufm_torch.errors import ConfigError
 
 DIGITS_SHAPE = (1, 8, 8)
 DIGITS_CLASSES = 10

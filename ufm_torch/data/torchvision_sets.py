@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ufm_torch.data.balanced import BalancedDataModule, Splits, balanced_indices, check_declared
+from ufm_torch.errors import ConfigError
 from ufm_torch.models.backbones import require_torchvision
-from ufm_torch.validation import ConfigError
 
 
 class DatasetNotFoundError(ConfigError):

@@ -9,12 +9,14 @@ the body's last nonlinearity, as in Papyan et al., where neural collapse is meas
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from types import ModuleType
 
 from torch import Tensor, nn
 
 from ufm_torch.models.head import LinearHead
+from ufm_torch.models.kind import ReplicaIdentity
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 RESNET_FEATURE_DIM = 512
@@ -54,6 +56,7 @@ class Backbone(nn.Module):
     """
 
     num_replicas = 1
+    free_features = False
 
     def __init__(self, body: nn.Module, num_classes: int, feature_dim: int) -> None:
         super().__init__()
@@ -61,6 +64,12 @@ class Backbone(nn.Module):
         self.feature_dim = feature_dim
         self.body = body
         self.head = LinearHead(num_classes, feature_dim)
+
+    def replica_identities(self) -> list[ReplicaIdentity]:
+        """One replica, seeded by the global seed that ``lightning.seed_everything`` recorded in ``PL_GLOBAL_SEED``
+        (None if unset), with no init scale."""
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        return [ReplicaIdentity(None, 0, int(seed) if seed is not None else None)]
 
     def forward_features(self, inputs: Tensor) -> Tensor:
         """Penultimate features ``h(x)``, shape ``(B, p)``."""

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ufm_torch.models.head import LinearHead
+from ufm_torch.models.kind import ReplicaIdentity
 
 
 def replica_seeds(seed: int, replicas: int) -> list[int]:
@@ -41,6 +42,8 @@ class UnconstrainedFeatures(nn.Module):
     :func:`replica_seeds`.
     Inputs are sample indices; ``forward`` returns logits of shape ``(R, B, C)``.
     """
+
+    free_features = True
 
     def __init__(
         self,
@@ -77,6 +80,13 @@ class UnconstrainedFeatures(nn.Module):
     def num_replicas(self) -> int:
         """Number of independent copies R trained together."""
         return len(self.init_scales)
+
+    def replica_identities(self) -> list[ReplicaIdentity]:
+        """``(ε, copy, seed)`` of every replica, in replica order."""
+        return [
+            ReplicaIdentity(*identity)
+            for identity in zip(self.init_scales, self.copy_indices, self.seeds, strict=True)
+        ]
 
     def forward_features(self, indices: Tensor) -> Tensor:
         """Rows of H for the given sample indices, shape ``(R, B, p)``."""

@@ -11,10 +11,6 @@ from typing import Any
 STATUS_FILE = "status.json"
 
 
-class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss or parameter; the message names the step, the value and a hint."""
-
-
 class RunStatus:
     """Writes the status of one run atomically (temporary file, then rename) so a reader never sees half a file."""
 

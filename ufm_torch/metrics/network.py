@@ -1,14 +1,16 @@
-"""Collapse metrics of a real backbone: one pass over the balanced training set, reduced over DDP processes.
+"""Every collapse metric of a network in training, for the collapse monitor: the UFM's parameters or a backbone's
+pass over its training set.
 
-The UFM's features are a parameter, so the collapse monitor reads them directly. A backbone's features
+The UFM's features are a parameter, so :func:`measure_free_features` reads them directly. A backbone's features
 h(x_i) must be computed: :func:`measure_backbone` runs the network once over the training set (in eval
 mode, without augmentation), feeds the streaming accumulators of :mod:`ufm_torch.metrics` (which reduce
 across processes), and reuses the cached features for NC4, which needs the final class means.
+Both return a :class:`NetworkMeasurement`, so the monitor chooses between them once.
 """
 
 from __future__ import annotations
 
-import os
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -16,14 +18,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from ufm_torch.metrics import (
-    SNC_METRIC_NAMES,
-    ClassStatisticsAccumulator,
-    NearestCenterMismatch,
-    nc_metrics_from_statistics,
-    snc_metrics_from_statistics,
-)
-from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.metrics.accumulators import ClassStatisticsAccumulator, NearestCenterMismatch
+from ufm_torch.metrics.collapse import collapse_metrics_with_statistics
+from ufm_torch.metrics.neural_collapse import nc_metrics_from_statistics
+from ufm_torch.metrics.strong_collapse import snc_metrics_from_statistics
+from ufm_torch.metrics.tags import metric_tag
+
+
+class NetworkMeasurement(NamedTuple):
+    """One evaluation: ``values`` maps each tag to float64 per-replica values ``(R,)``; ``class_means`` ``(R, C, p)``
+    are the class means it used (for the Gram images)."""
+
+    values: dict[str, Tensor]
+    class_means: Tensor
 
 
 def is_distributed() -> bool:
@@ -73,12 +80,12 @@ def training_set_features(network: nn.Module, loader: DataLoader) -> tuple[Tenso
     return torch.cat(features), torch.cat(labels)
 
 
-def collapse_values(network: nn.Module, features: Tensor, labels: Tensor) -> dict[str, Tensor]:
+def collapse_values(network: nn.Module, features: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
     """NC1–NC4 (``collapse/…``), SNC1–SNC3 and dist_S (``strong_collapse/…``) of all processes' features.
 
     Class counts, means and the pooled within-class scatter are accumulated per process and merged
     across processes; NC4 counts nearest-class-centre mismatches with the merged means (Papyan, Han &
-    Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and Figure 2).
+    Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and Figure 2). Returns the values by tag and the class means.
     """
     weight, bias = network.head.weight, network.head.bias
     accumulator = ClassStatisticsAccumulator(network.num_classes, network.feature_dim).to(features.device)
@@ -90,10 +97,7 @@ def collapse_values(network: nn.Module, features: Tensor, labels: Tensor) -> dic
     mismatch = NearestCenterMismatch().to(features.device)
     mismatch.update(features, weight, bias, statistics.means)
     values["nc4"] = mismatch.compute()
-    return {
-        f"{'strong_collapse' if name in SNC_METRIC_NAMES else 'collapse'}/{name}": value
-        for name, value in values.items()
-    }
+    return {metric_tag(name): value for name, value in values.items()}, statistics.means
 
 
 def heldout_accuracy(network: nn.Module, loader: DataLoader) -> Tensor:
@@ -109,7 +113,7 @@ def heldout_accuracy(network: nn.Module, loader: DataLoader) -> Tensor:
 
 
 @torch.no_grad()
-def measure_backbone(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Tensor]:
+def measure_backbone(pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> NetworkMeasurement:
     """Every collapse metric of a backbone on its whole balanced training set, float64 tensors of shape ``(1,)``.
 
     Keys as for the UFM (``collapse/<nc name>``, ``strong_collapse/<snc name>``, ``train/loss``,
@@ -120,13 +124,12 @@ def measure_backbone(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[s
     training set. Every DDP process must call this (the reductions are collective).
     """
     network = pl_module.network
-    datamodule = trainer.datamodule
     was_training = network.training
     network.eval()
     try:
         synchronise_buffers(network)
         features, labels = training_set_features(network, datamodule.train_eval_dataloader())
-        values = collapse_values(network, features, labels)
+        values, class_means = collapse_values(network, features, labels)
         logits = concatenate_over_processes(network.head(features))
         all_labels = concatenate_over_processes(labels)
         values["train/loss"] = pl_module.loss_fn(logits, all_labels)
@@ -134,15 +137,26 @@ def measure_backbone(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[s
         values["heldout/accuracy"] = heldout_accuracy(network, datamodule.heldout_dataloader())
     finally:
         network.train(was_training)
-    return {name: value.to(torch.float64).reshape(1) for name, value in values.items()}
+    values = {name: value.to(torch.float64).reshape(1) for name, value in values.items()}
+    return NetworkMeasurement(values, class_means.unsqueeze(0))
 
 
-def replica_identities(network: nn.Module) -> list[tuple[float | None, int, int | None]]:
-    """``(init_scale, copy, seed)`` of every replica; a backbone is one copy, seeded by the global seed.
+@torch.no_grad()
+def measure_free_features(pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> NetworkMeasurement:
+    """Every collapse metric of each UFM replica from its parameters, plus ``train/loss`` and ``train/accuracy``.
 
-    The global seed is the one ``lightning.seed_everything`` recorded in ``PL_GLOBAL_SEED`` (None if unset).
+    The logits are those of the module's last fused block when it ended at this state
+    (``pl_module.current_logits()``), else one forward pass; the labels are ``datamodule.labels``.
     """
-    if isinstance(network, UnconstrainedFeatures):
-        return list(zip(network.init_scales, network.copy_indices, network.seeds, strict=True))
-    seed = os.environ.get("PL_GLOBAL_SEED")
-    return [(None, 0, int(seed) if seed is not None else None)]
+    network = pl_module.network
+    features, weight, bias = network.features, network.head.weight, network.head.bias
+    labels = datamodule.labels.to(features.device)
+    logits = pl_module.current_logits()
+    if logits is None:
+        logits = network.head(features)
+    metrics, statistics = collapse_metrics_with_statistics(features, labels, weight, bias)
+    values = {metric_tag(name): value for name, value in metrics.items()}
+    values["train/loss"] = pl_module.loss_fn(logits, labels).to(torch.float64)
+    values["train/accuracy"] = (logits.argmax(-1) == labels).to(torch.float64).mean(-1)
+    return NetworkMeasurement(values, statistics.means)
+

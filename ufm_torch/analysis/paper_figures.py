@@ -1,7 +1,7 @@
 """Paper figures from ``metrics.jsonl`` records: Figure 1 (SNC1–SNC3), Figure 2 (distance to S), scaling.
 
 Pure functions: they take the collapse monitor's records (one dict per evaluation and replica, see
-:mod:`callbacks.metrics_log`) and return figures; nothing here touches a trainer or pyplot's global
+:mod:`ufm_torch.run_folder.metrics_log`) and return figures; nothing here touches a trainer or pyplot's global
 state. Figures are plain :class:`~matplotlib.figure.Figure` objects rendered by the Agg canvas when
 saved, so they work under any backend. One colour per init scale ε, one thin line per replica
 (seed/copy), log-scaled errors against the iteration count on a symmetric-log axis (linear on
@@ -25,13 +25,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ufm_torch.summary import final_records, loglog_fit
+from ufm_torch.analysis.records import as_float, final_records
+from ufm_torch.analysis.summary import loglog_fit
+from ufm_torch.metrics.tags import SNC_TAGS
 from ufm_torch.theory import gradient_descent_snc3_error, theorem2_snc3_error
 
-SNC1 = "strong_collapse/snc1"
-SNC2 = "strong_collapse/snc2"
-SNC3 = "strong_collapse/snc3"
-DIST_S = "strong_collapse/dist_S"
+SNC1, SNC2, SNC3, DIST_S = SNC_TAGS
 
 PANEL_TEXT = {
     SNC1: ("(SNC1) error", r"$\|WW^\top - \sqrt{N}\,(I_C - \frac{1}{C}1_C1_C^\top)\|_F$"),
@@ -81,9 +80,8 @@ def replica_histories(
     """
     series: dict[tuple[float, int], list[tuple[int, float]]] = defaultdict(list)
     for record in records:
-        value = record.get(metric)
         series[(float(record["init_scale"]), int(record["replica"]))].append(
-            (int(record["step"]), math.nan if value is None else float(value))
+            (int(record["step"]), as_float(record.get(metric)))
         )
     histories: dict[float, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for (scale, _), points in sorted(series.items(), key=lambda item: (-item[0][0], item[0][1])):
@@ -264,7 +262,7 @@ def scaling_figure(records: Sequence[Mapping[str, Any]], setup: RunSetup | None 
     """Final SNC errors and distance to ``S`` against the init scale ε, log-log, with fitted power laws.
 
     One marker per replica at its last step, the mean per ε joined by a line, and the least-squares line
-    ``log10 error ≈ a log10 ε + c`` (:func:`ufm_torch.summary.loglog_fit`) dashed, its slope ``a`` in the
+    ``log10 error ≈ a log10 ε + c`` (:func:`ufm_torch.analysis.summary.loglog_fit`) dashed, its slope ``a`` in the
     legend: the paper's claim that the limit point approaches strong collapse as ε → 0 (Figure 1), made
     quantitative.
     """
@@ -273,7 +271,7 @@ def scaling_figure(records: Sequence[Mapping[str, Any]], setup: RunSetup | None 
     axes = figure.subplots()
     for metric, (label, marker, colour) in SCALING_STYLE.items():
         scales = np.array([float(record["init_scale"]) for record in finals])
-        values = np.array([math.nan if record.get(metric) is None else float(record[metric]) for record in finals])
+        values = np.array([as_float(record.get(metric)) for record in finals])
         slope, intercept = loglog_fit(scales, values)
         if math.isnan(slope):
             continue

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib import colormaps
 from torch.utils.tensorboard.summary import custom_scalars, hparams, image
 
-from callbacks.event_writer import EventFileWriter, ScalarEventEncoder
+from ufm_torch.run_folder.event_writer import EventFileWriter, ScalarEventEncoder
 
 NC_TAGS = ["collapse/nc1", "collapse/nc2_etf", "collapse/nc3", "collapse/nc4"]
 SNC_TAGS = ["strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S"]

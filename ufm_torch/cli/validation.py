@@ -11,15 +11,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ufm_torch.losses import LOSSES, default_loss_name
+from ufm_torch.errors import ConfigError
 from ufm_torch.models.backbones import ACTIVATIONS
+from ufm_torch.models.kind import target_has_free_features
+from ufm_torch.training.losses import LOSSES
 
 CONFIG_GROUPS = ("data", "model", "optimizer", "trainer", "callbacks", "logger", "experiment")
 PRECISIONS = {"64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true"}
-
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration; the message is one line naming the key, value and allowed range."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +68,9 @@ RULES = (
     Rule("trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(sorted(PRECISIONS))}"),
     Rule("module.loss", lambda v: v is None or v in LOSSES, f"null or one of {', '.join(sorted(LOSSES))}"),
     Rule("threads", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
-    Rule("callbacks.collapse_monitor.points_per_decade", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("ufm_torch.callbacks.collapse_monitor.points_per_decade", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     Rule(
-        "callbacks.collapse_monitor.every_n_steps",
+        "ufm_torch.callbacks.collapse_monitor.every_n_steps",
         lambda v: v is None or (is_int(v) and v >= 1),
         "null or an integer >= 1",
     ),
@@ -109,8 +107,8 @@ def check_group_choices(overrides: list[str], config_dir: Path) -> None:
 
 def effective_loss(cfg: DictConfig) -> str:
     """``module.loss``, or the default for the configured network when it is null."""
-    is_ufm = str(OmegaConf.select(cfg, "model._target_", default="")).endswith("UnconstrainedFeatures")
-    return cfg.module.get("loss") or default_loss_name(is_ufm)
+    free_features = target_has_free_features(str(OmegaConf.select(cfg, "model._target_", default="")))
+    return cfg.module.get("loss") or ("sum_squared" if free_features else "mean_squared")
 
 
 def _bias_stability_limit(cfg: DictConfig) -> float | None:

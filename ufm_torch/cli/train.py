@@ -19,11 +19,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-import conf
-from ufm_torch.compare import run_comparison
-from ufm_torch.launchers import check_launcher_plugin
-from ufm_torch.run_status import DivergenceError, RunStatus
-from ufm_torch.validation import ConfigError, check_group_choices, validate_config
+from ufm_torch import conf
+from ufm_torch.analysis.comparison import run_comparison
+from ufm_torch.cli.overrides import check_launcher_plugin
+from ufm_torch.cli.validation import check_group_choices, validate_config
+from ufm_torch.errors import ConfigError, DivergenceError
+from ufm_torch.run_folder.status import RunStatus
 
 CONFIG_DIR = Path(conf.__file__).parent
 
@@ -43,7 +44,7 @@ def build_and_fit(cfg: DictConfig) -> dict[str, Any]:
     return {key: float(value) for key, value in trainer.callback_metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://ufm_torch.conf", config_name="train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Hydra task: one training run in its own run folder, its outcome recorded in ``status.json``.
 

@@ -20,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
-METRIC_PREFIXES = ("strong_collapse/", "collapse/")
-TRAINING_METRICS = ("train/loss",)
+from ufm_torch.analysis.records import as_float, final_records
+from ufm_torch.metrics.tags import COLLAPSE, LOSS_TAG, STRONG_COLLAPSE
+
+METRIC_PREFIXES = (f"{STRONG_COLLAPSE}/", f"{COLLAPSE}/")
+TRAINING_METRICS = (LOSS_TAG,)
 
 
 @dataclass(frozen=True)
@@ -37,16 +40,6 @@ class MetricSummary:
     min: float
     max: float
     loglog_slope: float
-
-
-def final_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The record at the largest step of every replica (replicas told apart by ``replica``), in order."""
-    last: dict[int, Mapping[str, Any]] = {}
-    for record in records:
-        replica = int(record["replica"])
-        if replica not in last or record["step"] >= last[replica]["step"]:
-            last[replica] = record
-    return [last[replica] for replica in sorted(last)]
 
 
 def metric_names(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -92,18 +85,13 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[MetricSummary]:
     summaries = []
     for metric in metric_names(finals):
         scales = np.array([float(record["init_scale"]) for record in finals])
-        values = np.array([_as_float(record.get(metric)) for record in finals])
+        values = np.array([as_float(record.get(metric)) for record in finals])
         slope = loglog_slope(scales, values)
         for scale in sorted(set(scales.tolist()), reverse=True):
             chosen = scales == scale
             final_step = max(int(record["step"]) for record, keep in zip(finals, chosen, strict=True) if keep)
             summaries.append(MetricSummary(metric, scale, final_step, *_spread(values[chosen]), slope))
     return summaries
-
-
-def _as_float(value: Any) -> float:
-    """``value`` as a float; ``None`` (a missing metric) becomes NaN."""
-    return math.nan if value is None else float(value)
 
 
 def write_summary_csv(summaries: Sequence[MetricSummary], path: str | Path) -> Path:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ufm_torch.objective import one_hot_targets
+from ufm_torch.training.objective import one_hot_targets
 
 
 def sum_squared_error(logits: Tensor, labels: Tensor) -> Tensor:
@@ -36,7 +36,3 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": cross_entropy,
 }
 
-
-def default_loss_name(is_unconstrained_features: bool) -> str:
-    """The loss used when ``module.loss`` is null: the paper's summed loss for the UFM, the batch mean otherwise."""
-    return "sum_squared" if is_unconstrained_features else "mean_squared"

@@ -3,7 +3,7 @@
 A comparison config (``experiment=compare_digits``) is an ordinary backbone config plus a
 ``comparison.ufm`` node holding the UFM's ``data``, ``model`` and ``optimizer`` (which replace the
 backbone's) and any ``module``, ``trainer`` or ``callbacks`` keys (merged into the backbone's). Each
-model trains with :func:`ufm_torch.train.build_and_fit` in its own subfolder of the run folder
+model trains with :func:`ufm_torch.cli.train.build_and_fit` in its own subfolder of the run folder
 (``backbone/``, ``ufm/``); ``figures/compare.png`` shows every collapse metric of both against the
 fraction of training done (Papyan, Han & Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and Figure 2).
 """
@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.metrics_log import read_metrics
-from ufm_torch.plotting import save_figure
-from ufm_torch.validation import validate_config
+from ufm_torch.analysis.paper_figures import save_figure
+from ufm_torch.cli.validation import validate_config
+from ufm_torch.run_folder.metrics_log import read_metrics
 
 RUNS = {"backbone": "Backbone", "ufm": "Unconstrained features model"}
 REPLACED_GROUPS = ("data", "model", "optimizer")
@@ -59,7 +59,7 @@ def comparison_configs(cfg: DictConfig) -> dict[str, DictConfig]:
 def run_comparison(cfg: DictConfig, fit: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any]:
     """Validate both configs, train the backbone then the UFM with ``fit``, and draw ``figures/compare.png``.
 
-    ``fit`` trains one config and returns its final logged metrics (:func:`ufm_torch.train.build_and_fit`).
+    ``fit`` trains one config and returns its final logged metrics (:func:`ufm_torch.cli.train.build_and_fit`).
     Returns the final metrics of both runs, keys prefixed ``backbone/`` and ``ufm/``.
     """
     configs = comparison_configs(cfg)

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 
 class SweepAggregator(Callback):
-    """At ``on_multirun_end``, runs :func:`ufm_torch.plot_cli.aggregate` on ``hydra.sweep.dir``.
+    """At ``on_multirun_end``, runs :func:`ufm_torch.cli.plot.aggregate` on ``hydra.sweep.dir``.
 
     Runs in the launching process for every launcher (basic, joblib, submitit), after all jobs have written
     their ``status.json``; failed and diverged jobs appear in the summary with their status and error line.
@@ -22,7 +22,7 @@ class SweepAggregator(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Aggregate the sweep folder and print where the summary is."""
-        from ufm_torch.plot_cli import aggregate
+        from ufm_torch.cli.plot import aggregate
 
         result = aggregate(Path(config.hydra.sweep.dir), tensorboard=self.tensorboard)
         print(result.describe())

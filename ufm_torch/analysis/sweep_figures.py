@@ -1,8 +1,8 @@
 """Sweep-level views: final metrics against swept values, trajectories grouped by swept value, TensorBoard HPARAMS.
 
-Inputs are the :class:`ufm_torch.sweep.SummaryTable` and :class:`ufm_torch.sweep.Job` list read back from a
-sweep folder, so every view can be redrawn from saved files (``ufm-plot``). The varying keys are the swept
-override keys plus the per-replica init scale ε (``init_scale``) when replicas differ in it.
+Inputs are the :class:`ufm_torch.analysis.sweep_table.SummaryTable` and the :class:`ufm_torch.run_folder.jobs.Job`
+list read back from a sweep folder, so every view can be redrawn from saved files (``ufm-plot``). The varying keys
+are the swept override keys plus the per-replica init scale ε (``init_scale``) when replicas differ in it.
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ufm_torch.run_names import replica_run_name
-from ufm_torch.sweep import Job, SummaryTable, as_number, final_records
+from ufm_torch.analysis.records import as_float, final_records
+from ufm_torch.analysis.sweep_table import SummaryTable, as_number
+from ufm_torch.metrics.tags import SNC_TAGS, short_name
+from ufm_torch.run_folder.jobs import Job
+from ufm_torch.run_folder.names import replica_run_name
 
-STRONG_COLLAPSE_METRICS = (
-    "strong_collapse/snc1",
-    "strong_collapse/snc2",
-    "strong_collapse/snc3",
-    "strong_collapse/dist_S",
-)
 PANEL_COLUMNS = 4
 
 
@@ -54,11 +51,6 @@ def spans_decades(values: Iterable[float]) -> bool:
 def file_stem(key: str) -> str:
     """A key as a file-name part: anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", key)
-
-
-def short_name(metric: str) -> str:
-    """``strong_collapse/snc1`` → ``snc1``."""
-    return metric.split("/")[-1]
 
 
 def value_order(values: Iterable[Any]) -> list[Any]:
@@ -126,7 +118,7 @@ def draw_final_metrics(table: SummaryTable, key: str, metrics: list[str], path: 
         for group in groups:
             members = [row for row in rows if tuple(row[other] for other in others) == group]
             xs = [position[row[key]] for row in members]
-            ys = [_as_float(row[metric]) for row in members]
+            ys = [as_float(row[metric]) for row in members]
             axis.plot(xs, ys, "o", color=colours[group], alpha=0.45, markersize=3.5)
             medians = []
             for value in order:
@@ -166,7 +158,7 @@ def draw_trajectories(jobs: list[Job], key: str, metrics: list[str], path: Path)
         plotted: list[float] = []
         for value, records in trajectories:
             steps = [record["step"] for record in records]
-            values = [_as_float(record.get(metric)) for record in records]
+            values = [as_float(record.get(metric)) for record in records]
             axis.plot(steps, values, color=colours.get(value, "grey"), alpha=0.6, linewidth=1.0)
             plotted.extend(values)
         axis.set_xscale("symlog", linthresh=1.0)
@@ -187,7 +179,7 @@ def draw_sweep_figures(jobs: list[Job], table: SummaryTable, figures_dir: Path) 
     """
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    strong = [metric for metric in STRONG_COLLAPSE_METRICS if metric in table.metrics]
+    strong = [metric for metric in SNC_TAGS if metric in table.metrics]
     paths = []
     if not table.metrics:
         return paths
@@ -208,10 +200,6 @@ def draw_sweep_figures(jobs: list[Job], table: SummaryTable, figures_dir: Path) 
             )
         paths.append(draw_trajectories(jobs, key, table.metrics, figures_dir / f"trajectories_by_{stem}.png"))
     return paths
-
-
-def _as_float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -249,11 +237,11 @@ def write_sweep_hparams(table: SummaryTable, log_dir: Path) -> list[Path]:
         hyper: dict[str, Any] = {"job": row["job"]}
         hyper |= {key: hparam_value(row[key], numeric[key]) for key in table.swept}
         hyper |= {
-            "init_scale": _as_float(row["init_scale"]),
+            "init_scale": as_float(row["init_scale"]),
             "seed": "" if row["replica_seed"] is None else str(row["replica_seed"]),
             "status": str(row["status"]),
         }
-        finals = {f"hp/{short_name(m)}": _as_float(row[m]) for m in table.metrics if row[m] is not None}
+        finals = {f"hp/{short_name(m)}": as_float(row[m]) for m in table.metrics if row[m] is not None}
         run = Path(row["job"]) / ("" if row["copy"] is None else replica_run_name(row["init_scale"], row["copy"]))
         sessions.append((log_dir / run, hyper, finals, row["step"] or 0))
     runs = []

@@ -2,7 +2,7 @@
 
 Writes ``PATH/sweep_summary.csv`` (one row per job and replica: swept values, status, wall time, final metrics,
 error line), figures in ``PATH/figures/`` and TensorBoard HPARAMS sessions in ``PATH/hparams/``. The Hydra
-callback :class:`callbacks.sweep_aggregator.SweepAggregator` calls :func:`aggregate` at the end of every
+callback :class:`ufm_torch.cli.report_hook.SweepAggregator` calls :func:`aggregate` at the end of every
 multirun, so running ``ufm-plot`` on a finished sweep reproduces its summary byte for byte.
 """
 
@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ufm_torch.sweep import SUMMARY_FILE, find_job_dirs, format_summary_csv, read_jobs, summary_table
+from ufm_torch.run_folder.jobs import SUMMARY_FILE, find_job_dirs, format_summary_csv, read_jobs, summary_table
 
 HPARAMS_DIR = "hparams"
 FIGURES_DIR = "figures"
@@ -38,7 +38,7 @@ class Aggregate:
 
 def aggregate(root: Path, tensorboard: bool = True) -> Aggregate:
     """Summary CSV, figures and (if ``tensorboard``) HPARAMS sessions of every job under ``root``."""
-    from ufm_torch.sweep_plots import draw_sweep_figures, write_sweep_hparams
+    from ufm_torch.analysis.sweep_figures import draw_sweep_figures, write_sweep_hparams
 
     root = Path(root)
     jobs = read_jobs(root)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ufm_torch.validation import ConfigError
+from ufm_torch.errors import ConfigError
 
 SWEEPS_EXTRA = "pip install 'ufm-torch[sweeps]'"
 LAUNCHER_PLUGINS = {

@@ -8,10 +8,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from ufm_torch.fused_descent import closed_form_steps
-from ufm_torch.losses import LOSSES, default_loss_name
-from ufm_torch.models import UnconstrainedFeatures
-from ufm_torch.step_boundaries import steps_until_boundary
+from ufm_torch.models import default_loss_name, has_free_features
+from ufm_torch.training.fused_descent import closed_form_steps
+from ufm_torch.training.losses import LOSSES
+from ufm_torch.training.step_boundaries import steps_until_boundary
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -21,13 +21,13 @@ class CollapseModule(L.LightningModule):
 
     The loss of a step is the sum over replicas of the per-replica loss, so every replica receives exactly the
     gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
-    parameters; ``loss`` names one of :data:`ufm_torch.losses.LOSSES` (None: :func:`default_loss_name`). Logged
+    parameters; ``loss`` names one of :data:`ufm_torch.training.losses.LOSSES` (None: :func:`default_loss_name`). Logged
     per batch: ``train/loss`` and ``train/accuracy`` (means over replicas, of the state after a fused block; the
     collapse monitor logs them per replica at its scheduled steps).
 
     Backbones train with Lightning's automatic optimisation. The UFM with the paper's loss on full batches takes
-    up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.fused_descent`), stopping at every
-    step a callback must see (:mod:`ufm_torch.step_boundaries`); ``global_step`` counts each of them.
+    up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.training.fused_descent`), stopping
+    at every step a callback must see (:mod:`ufm_torch.training.step_boundaries`); ``global_step`` counts each.
     The logits of the state a block leaves are kept: :meth:`current_logits` hands them to the collapse monitor
     (no forward pass at an evaluation) and the next block starts from them (no product to start it).
     """
@@ -36,7 +36,7 @@ class CollapseModule(L.LightningModule):
         self, network: nn.Module, optimizer: OptimizerFactory, loss: str | None = None, fused_steps: int = 1000
     ) -> None:
         super().__init__()
-        loss = loss or default_loss_name(isinstance(network, UnconstrainedFeatures))
+        loss = loss or default_loss_name(network)
         if loss not in LOSSES:
             raise ValueError(f"module.loss={loss!r} is not one of {sorted(LOSSES)}")
         self.network = network
@@ -44,7 +44,7 @@ class CollapseModule(L.LightningModule):
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
         self.fused_steps = fused_steps
-        self.automatic_optimization = not isinstance(network, UnconstrainedFeatures)
+        self.automatic_optimization = not has_free_features(network)
         self.block_logits: tuple[tuple[int, ...], Tensor] | None = None
 
     def forward(self, inputs: Tensor) -> Tensor:

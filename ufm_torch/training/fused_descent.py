@@ -19,7 +19,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from ufm_torch.models import UnconstrainedFeatures
-from ufm_torch.objective import one_hot_targets
+from ufm_torch.training.objective import one_hot_targets
 
 FOLDED_BIAS_LIMIT = 2**20
 """Largest number of entries of ``[F, 1]`` (all replicas) for which plain descent folds the bias into copies of the

@@ -25,7 +25,7 @@ class MetricsLog:
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            records = [record for line in self.path.read_text().splitlines() if (record := _parse(line))]
+            records = read_records(self.path)
             counts = Counter(record["step"] for record in records)
             kept = [r for r in records if r["step"] <= resume_step and counts[r["step"]] == replicas]
             temporary = self.path.with_suffix(".jsonl.tmp")
@@ -48,15 +48,15 @@ class MetricsLog:
             self._file = None
 
 
-def _parse(line: str) -> dict[str, Any] | None:
-    """The record on ``line``, or None for a line cut short by a kill."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) and "step" in record else None
 
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file, in order."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file in order, skipping a line cut short by a kill (the one reader)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record and "replica" in record:
+            records.append(record)
+    return records

@@ -1,0 +1,35 @@
+"""The names every metric is logged under (``metrics.jsonl``, TensorBoard, CSV, figures): one list, used everywhere.
+
+A tag is ``<group>/<name>``: ``collapse/`` for NC1–NC4 (Papyan, Han & Donoho 2020), ``strong_collapse/`` for
+SNC1–SNC3 and the distance to S (Mixon et al., Figures 1 and 2), ``train/`` and ``heldout/`` for loss and accuracy.
+"""
+
+from __future__ import annotations
+
+from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES
+
+COLLAPSE = "collapse"
+STRONG_COLLAPSE = "strong_collapse"
+
+NC_TAGS = ("collapse/nc1", "collapse/nc2_etf", "collapse/nc3", "collapse/nc4")
+"""The paper's four neural-collapse measures, in order (the other NC2 variants and ``nc1_quotient`` are logged too)."""
+SNC_TAGS = ("strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S")
+ACCURACY_TAGS = ("train/accuracy", "heldout/accuracy")
+LOSS_TAG = "train/loss"
+GRAM_IMAGE_TAG = "collapse/gram_vs_simplex_etf"
+
+
+def metric_tag(name: str) -> str:
+    """The tag of a metric returned by :func:`ufm_torch.metrics.collapse_metrics`: ``strong_collapse/…`` for SNC1–SNC3
+    and dist_S, ``collapse/…`` for the NC metrics."""
+    return f"{STRONG_COLLAPSE if name in SNC_METRIC_NAMES else COLLAPSE}/{name}"
+
+
+def short_name(tag: str) -> str:
+    """``strong_collapse/snc1`` → ``snc1``: the legend and column name of a tag."""
+    return tag.rsplit("/", 1)[-1]
+
+
+def is_collapse_tag(tag: str) -> bool:
+    """Whether ``tag`` is a (strong) collapse metric, as opposed to a loss or accuracy."""
+    return tag.startswith((f"{COLLAPSE}/", f"{STRONG_COLLAPSE}/"))

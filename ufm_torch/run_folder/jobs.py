@@ -1,0 +1,99 @@
+"""Read run folders back from their files: a single run, or every job of a sweep, with overrides, outcome and records.
+
+Nothing here trains. A *job* is a folder holding ``.hydra/config.yaml`` (a run folder, or ``<sweep>/<job num>``).
+Its swept values come from ``.hydra/overrides.yaml``, its outcome from ``status.json``
+(:mod:`ufm_torch.run_folder.status`) and its metrics from ``metrics.jsonl`` (:mod:`ufm_torch.run_folder.metrics_log`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ufm_torch.run_folder.layout import CONFIG_FILE, METRICS_FILE, OVERRIDES_FILE, is_run_folder
+from ufm_torch.run_folder.metrics_log import read_records
+from ufm_torch.run_folder.status import read_status
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run folder: its name relative to the aggregated folder, overrides, config, outcome and metrics."""
+
+    name: str
+    path: Path
+    overrides: dict[str, str]
+    config: dict[str, Any]
+    status: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders embedded numbers numerically (``2`` before ``10``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
+
+
+def find_job_dirs(root: Path) -> list[Path]:
+    """Folders under ``root`` (``root`` included) holding ``.hydra/config.yaml``; nested runs are not searched."""
+    root = Path(root)
+    if is_run_folder(root):
+        return [root]
+    found: list[Path] = []
+    for child in sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        found.extend(find_job_dirs(child))
+    return sorted(found, key=lambda path: natural_key(path.relative_to(root).as_posix()))
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    """The job's command-line and sweeper overrides as ``{key: value as written}`` (``+``/``~`` dropped)."""
+    path = Path(job_dir) / OVERRIDES_FILE
+    entries = yaml.safe_load(path.read_text()) if path.exists() else None
+    overrides: dict[str, str] = {}
+    for entry in entries or []:
+        key, _, value = str(entry).partition("=")
+        overrides[key.lstrip("+~")] = value
+    return overrides
+
+
+def expected_replicas(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Replica index, copy index and ε of every replica a UFM config asks for (scale-major, as the model orders them).
+
+    Used for jobs that wrote no metrics (failed before training); ``[]`` when the config names no init scale.
+    """
+    model = config.get("model") or {}
+    scales = model.get("init_scale")
+    replicas = model.get("replicas", 1)
+    if scales is None or not isinstance(replicas, int) or replicas < 1:
+        return []
+    scales = scales if isinstance(scales, list) else [scales]
+    try:
+        values = [float(scale) for scale in scales for _ in range(replicas)]
+    except (TypeError, ValueError):
+        return []
+    return [{"replica": r, "copy": r % replicas, "init_scale": value} for r, value in enumerate(values)]
+
+
+def read_job(job_dir: Path, root: Path) -> Job:
+    """Everything the summary needs from one run folder.
+
+    A folder without ``status.json`` counts as failed (the job never started, or a config error of a single
+    run, which records nothing). A ``metrics.jsonl`` line cut short by a kill is skipped.
+    """
+    job_dir = Path(job_dir)
+    name = job_dir.relative_to(root).as_posix()
+    config = yaml.safe_load((job_dir / CONFIG_FILE).read_text()) or {}
+    status = read_status(job_dir) or {"status": "failed", "error": "no status.json: the job did not start"}
+    metrics_path = job_dir / METRICS_FILE
+    records = read_records(metrics_path) if metrics_path.exists() else []
+    return Job(name, job_dir, read_overrides(job_dir), config, status, records)
+
+
+def read_jobs(root: Path) -> list[Job]:
+    """Every job under ``root``, in natural order of their folder names."""
+    root = Path(root)
+    return [read_job(job_dir, root) for job_dir in find_job_dirs(root)]
+
+
