@@ -47,7 +47,7 @@ def main() -> None:
         f"model.feature_dim={FEATURE_DIM}", "model.dtype=float32", "trainer.precision=32-true",
         f"trainer.max_steps={args.steps}", f"threads={args.threads}", "optimizer.lr=1e-6",
     ]
-    without_monitor = train_with_ufm_train(*shape, "~ufm_torch.callbacks.collapse_monitor") / args.steps
+    without_monitor = train_with_ufm_train(*shape, "~callbacks.collapse_monitor") / args.steps
     with_monitor = train_with_ufm_train(*shape) / args.steps
     print(f"{args.threads} thread(s), {args.steps} steps, {flops_per_step / 1e9:.1f} GFLOP per step")
     print(f"torch.matmul alone:       {flops_per_step / baseline / 1e9:7.1f} GFLOP/s")

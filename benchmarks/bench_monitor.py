@@ -19,7 +19,7 @@ PAPER = [
 def main() -> None:
     """Measure and print the overhead."""
     single_thread()
-    without = best_time(lambda: train_with_ufm_train(*PAPER, "~ufm_torch.callbacks.collapse_monitor"))
+    without = best_time(lambda: train_with_ufm_train(*PAPER, "~callbacks.collapse_monitor"))
     with_monitor = best_time(lambda: train_with_ufm_train(*PAPER))
     print(f"paper training without monitor: {without:.3f} s, with monitor: {with_monitor:.3f} s")
     print(f"the monitor adds {with_monitor / without - 1:+.1%} (target <= +10%)")

@@ -33,7 +33,10 @@ def best_time(function: Callable[[], object], repeats: int = 3) -> float:
 
 def train_with_ufm_train(*overrides: str) -> float:
     """Wall time of ``build_and_fit`` (Trainer, default callbacks and logger) for the composed config."""
-    with tempfile.TemporaryDirectory() as run_dir, initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
+    with (
+        tempfile.TemporaryDirectory() as run_dir,
+        initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"),
+    ):
         quiet = ["callbacks.progress.refresh_rate=0"]
         cfg = compose(config_name="train", overrides=[f"run_dir={run_dir}", *quiet, *overrides])
         start = time.perf_counter()

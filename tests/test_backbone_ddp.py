@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from tests.conftest import run_ufm_train
 from ufm_torch.metrics.network import measure_backbone
-from ufm_torch.run_folder.metrics_log import read_metrics
+from ufm_torch.run_folder.metrics_log import read_records
 
 # 9 classes of 25 images: 225 samples, so the two processes hold shards of 113 and 112.
 SETTINGS = (
@@ -40,7 +40,7 @@ def test_ddp_spawn_metrics_equal_single_process_metrics_on_the_same_weights(tmp_
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    final = read_metrics(run / "metrics.jsonl")[-1]
+    final = read_records(run / "metrics.jsonl")[-1]
     assert final["step"] == 20
 
     with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):

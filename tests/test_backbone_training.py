@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_module
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 
 from tests.conftest import run_ufm_train
-from ufm_torch.analysis.comparison import comparison_configs, run_comparison
-from ufm_torch.cli.train import build_and_fit
+from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import DigitsDataModule
 from ufm_torch.metrics import NC_METRIC_NAMES, SNC_METRIC_NAMES
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.models import MLP
-from ufm_torch.run_folder.metrics_log import read_metrics
+from ufm_torch.run_folder.metrics_log import read_records
 from ufm_torch.training.module import CollapseModule
 
+SIDES = ("backbone", "ufm")
+UFM_PLOT = Path(sys.executable).parent / "ufm-plot"
 METRIC_TAGS = (
     {f"collapse/{name}" for name in NC_METRIC_NAMES}
     | {f"strong_collapse/{name}" for name in SNC_METRIC_NAMES}
@@ -49,7 +53,7 @@ def test_mlp_on_digits_logs_every_metric_tag(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    records = read_metrics(run / "metrics.jsonl")
+    records = read_records(run / "metrics.jsonl")
     assert [record["step"] for record in records] == evaluation_steps(30)
     for record in records:
         assert set(record) >= METRIC_TAGS
@@ -72,32 +76,46 @@ def test_training_features_are_computed_once_per_evaluation(tmp_path: Path) -> N
         precision="64-true",
     )
     trainer.fit(module, datamodule=datamodule)
-    evaluations = len(read_metrics(tmp_path / "metrics.jsonl"))
+    evaluations = len(read_records(tmp_path / "metrics.jsonl"))
     assert evaluations == len(evaluation_steps(12, points_per_decade=3))
     assert sum(evaluation_rows) == evaluations * (40 + len(datamodule.splits.heldout_labels))
 
 
-def test_comparison_trains_backbone_and_ufm_with_the_same_shape_and_draws_both(tmp_path: Path) -> None:
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "experiment=compare_digits", f"run_dir={tmp_path}", "data.num_classes=3", "data.samples_per_class=6",
-                "data.batch_size=6", "model.feature_dim=4", "model.width=16", "trainer.max_steps=12",
-                "comparison.ufm.trainer.max_steps=12", "ufm_torch.callbacks.collapse_monitor.every_n_steps=4",
-                "~callbacks.progress", "~callbacks.checkpoint",
-            ],
-        )
-    configs = comparison_configs(cfg)
+def test_comparison_is_one_multirun_of_backbone_and_ufm_with_the_same_shape(tmp_path: Path) -> None:
+    folder = tmp_path / "compare"
+    result = run_ufm_train(
+        "experiment=compare_digits", f"hydra.run.dir={folder}", "data.num_classes=3", "data.samples_per_class=6",
+        "model.feature_dim=4", "trainer.max_steps=12", "callbacks.collapse_monitor.every_n_steps=4",
+        "~callbacks.progress", "~callbacks.checkpoint", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    configs = {name: yaml.safe_load((folder / name / ".hydra" / "config.yaml").read_text()) for name in SIDES}
     shapes = {
-        name: (config.model.num_classes, config.data.samples_per_class, config.model.feature_dim)
+        name: (config["model"]["num_classes"], config["data"]["samples_per_class"], config["model"]["feature_dim"])
         for name, config in configs.items()
     }
     assert shapes == {"backbone": (3, 6, 4), "ufm": (3, 6, 4)}
-    assert configs["ufm"].module.loss == "sum_squared" and configs["backbone"].module.loss == "mean_squared"
-    metrics = run_comparison(cfg, build_and_fit)
-    assert {"backbone/train/loss", "ufm/train/loss"} <= set(metrics)
-    assert (tmp_path / "figures" / "compare.png").stat().st_size > 0
-    for name in ("backbone", "ufm"):
-        records = read_metrics(tmp_path / name / "metrics.jsonl")
-        assert records[-1]["step"] == 12
+    assert configs["ufm"]["module"]["loss"] == "sum_squared" and configs["backbone"]["module"]["loss"] == "mean_squared"
+    for name in SIDES:
+        assert read_records(folder / name / "metrics.jsonl")[-1]["step"] == 12
+    assert (folder / "figures" / "compare.png").stat().st_size > 0
+    summary = list(csv.DictReader((folder / "sweep_summary.csv").open()))
+    assert [row["job"] for row in summary] == ["backbone", "ufm"]
+    assert all(float(row["collapse/nc1"]) >= 0 for row in summary)
+
+
+def test_ufm_plot_on_a_comparison_folder_writes_both_models_metrics(tmp_path: Path) -> None:
+    folder = tmp_path / "compare"
+    trained = run_ufm_train(
+        "experiment=compare_digits", f"hydra.run.dir={folder}", "data.num_classes=3", "data.samples_per_class=6",
+        "model.feature_dim=4", "trainer.max_steps=6", "~callbacks.progress", "~callbacks.checkpoint", cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr
+    written = (folder / "sweep_summary.csv").read_bytes()
+    for path in (folder / "sweep_summary.csv", folder / "figures" / "compare.png", folder / "ufm" / "figures"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    plotted = subprocess.run([str(UFM_PLOT), str(folder)], capture_output=True, text=True, cwd=tmp_path)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (folder / "sweep_summary.csv").read_bytes() == written
+    assert (folder / "figures" / "compare.png").stat().st_size > 0
+    assert (folder / "ufm" / "figures" / "collapse.png").stat().st_size > 0

@@ -6,8 +6,8 @@ import types
 
 import pytest
 import torch
-from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 
+from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import DigitsDataModule, UFMDataModule
 from ufm_torch.metrics import collapse_metrics
 from ufm_torch.metrics.network import measure_backbone, replica_identities

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import run_ufm_train
 from ufm_torch.metrics.schedule import evaluation_steps
-from ufm_torch.run_folder.metrics_log import read_metrics
+from ufm_torch.run_folder.metrics_log import read_records
 
 
 def scalar_tags(log_dir: Path) -> set[str]:
@@ -35,7 +35,7 @@ def test_short_run_writes_hydra_tensorboard_checkpoint_and_metrics(tmp_path: Pat
     assert replica_runs == ["eps=0.001/rep=0", "eps=0.001/rep=1", "eps=0.1/rep=0", "eps=0.1/rep=1"]
     tags = scalar_tags(run / "tb" / "eps=0.1" / "rep=1")
     assert {"collapse/nc1", "collapse/nc4", "strong_collapse/snc1", "strong_collapse/dist_S", "train/loss"} <= tags
-    records = read_metrics(run / "metrics.jsonl")
+    records = read_records(run / "metrics.jsonl")
     assert sorted({record["step"] for record in records}) == evaluation_steps(40)
     assert len(records) == 4 * len(evaluation_steps(40))
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
@@ -49,7 +49,7 @@ def test_resuming_from_last_checkpoint_continues_the_step_count(tmp_path: Path, 
     run = tmp_path / "run"
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 100
-    steps = [record["step"] for record in read_metrics(run / "metrics.jsonl")]
+    steps = [record["step"] for record in read_records(run / "metrics.jsonl")]
     assert steps == sorted(set(steps)), "an evaluation was written twice"
     assert steps[-1] == 100 and 40 in steps and all(step in steps for step in evaluation_steps(100) if step > 40)
 
@@ -58,7 +58,7 @@ def test_tensorboard_replica_runs_hold_every_metric_at_every_scheduled_step(tmp_
     result = run_ufm_train(*short_run_overrides, "model.init_scale=[0.1,0.001]", "model.replicas=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "run"
-    records = read_metrics(run / "metrics.jsonl")
+    records = read_records(run / "metrics.jsonl")
     metric_tags = [key for key in records[0] if "/" in key]
     assert len(metric_tags) == 15
     for replica_run in sorted((run / "tb").glob("eps=*/rep=*")):

@@ -9,9 +9,9 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 
 from ufm_torch import fused_descent
+from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import UFMDataModule, class_major_labels
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.models import UnconstrainedFeatures

@@ -21,8 +21,8 @@ from ufm_torch.run_folder.jobs import Job, final_records, format_summary_csv, su
 UFM_PLOT = Path(sys.executable).parent / "ufm-plot"
 FAST = (
     "trainer.max_steps=20",
-    "ufm_torch.callbacks.collapse_monitor.points_per_decade=1",
-    "ufm_torch.callbacks.collapse_monitor.gram_images=0",
+    "callbacks.collapse_monitor.points_per_decade=1",
+    "callbacks.collapse_monitor.gram_images=0",
     "callbacks.progress.refresh_rate=0",
     "~callbacks.checkpoint",
 )

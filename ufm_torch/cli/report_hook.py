@@ -1,28 +1,49 @@
-"""Hydra callback that summarises a multirun when its last job returns: CSV, figures, TensorBoard HPARAMS."""
+"""Hydra callback that draws the reports after training: each job's when it ends, the sweep's when a multirun ends."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ufm_torch.analysis.report import Report, write_run_report, write_sweep_report
 
-class SweepAggregator(Callback):
-    """At ``on_multirun_end``, runs :func:`ufm_torch.cli.plot.aggregate` on ``hydra.sweep.dir``.
 
-    Runs in the launching process for every launcher (basic, joblib, submitit), after all jobs have written
-    their ``status.json``; failed and diverged jobs appear in the summary with their status and error line.
-    Registered in ``conf/hydra/default.yaml``; ``ufm-plot <sweep dir>`` does the same later.
+class RunReport(Callback):
+    """At ``on_job_end`` (every job, single run or multirun) :func:`ufm_torch.analysis.report.write_run_report` on
+    the job's folder; at ``on_multirun_end`` :func:`ufm_torch.analysis.report.write_sweep_report` on
+    ``hydra.sweep.dir``. ``ufm-plot PATH`` writes the same files later.
+
+    A job that ended with an exception or an exit code (a config mistake) gets no report. A report that fails
+    prints one warning line and leaves the run's outcome as it was.
     """
 
     def __init__(self, tensorboard: bool = True) -> None:
         self.tensorboard = tensorboard
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Aggregate the sweep folder and print where the summary is."""
-        from ufm_torch.cli.plot import aggregate
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Draw the job's report when its task returned."""
+        if job_return.status == JobStatus.COMPLETED:
+            self._draw(lambda: write_run_report(Path(config.hydra.runtime.output_dir), self.tensorboard))
 
-        result = aggregate(Path(config.hydra.sweep.dir), tensorboard=self.tensorboard)
-        print(result.describe())
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Draw the sweep's report and print where it is."""
+        report = self._draw(lambda: write_sweep_report(Path(config.hydra.sweep.dir), self.tensorboard))
+        if report is not None:
+            print(report.describe())
+
+    @staticmethod
+    def _draw(write: Any) -> Report | None:
+        """Run ``write``, print its tables; one warning line instead of a traceback if it fails."""
+        try:
+            report = write()
+        except Exception as error:
+            print(f"ufm-train: warning: the report was not drawn ({type(error).__name__}: {error})", file=sys.stderr)
+            return None
+        for table in report.tables:
+            print(table)
+        return report

@@ -20,7 +20,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from ufm_torch import conf
-from ufm_torch.analysis.comparison import run_comparison
 from ufm_torch.cli.overrides import check_launcher_plugin
 from ufm_torch.cli.validation import check_group_choices, validate_config
 from ufm_torch.errors import ConfigError, DivergenceError
@@ -59,7 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _report_failure(status, "failed", error, exit_code=None if in_sweep else 2)
     status.write("running")
     try:
-        metrics = run_comparison(cfg, build_and_fit) if "comparison" in cfg else build_and_fit(cfg)
+        metrics = build_and_fit(cfg)
     except DivergenceError as error:
         return _report_failure(status, "diverged", error, exit_code=None if in_sweep else 3)
     except SIGTERMException:

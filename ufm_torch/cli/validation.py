@@ -68,9 +68,9 @@ RULES = (
     Rule("trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(sorted(PRECISIONS))}"),
     Rule("module.loss", lambda v: v is None or v in LOSSES, f"null or one of {', '.join(sorted(LOSSES))}"),
     Rule("threads", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
-    Rule("ufm_torch.callbacks.collapse_monitor.points_per_decade", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    Rule("callbacks.collapse_monitor.points_per_decade", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     Rule(
-        "ufm_torch.callbacks.collapse_monitor.every_n_steps",
+        "callbacks.collapse_monitor.every_n_steps",
         lambda v: v is None or (is_int(v) and v >= 1),
         "null or an integer >= 1",
     ),

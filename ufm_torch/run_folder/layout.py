@@ -20,7 +20,7 @@ FIGURES_DIR = "figures"
 RUN_SUMMARY_FILE = "summary.csv"
 SWEEP_SUMMARY_FILE = "sweep_summary.csv"
 HPARAMS_DIR = "hparams"
-FIGURES_RUN = "figures"
+TENSORBOARD_FIGURES_RUN = "figures"
 """The TensorBoard run (under ``tb/``) that holds a run's report figures as images."""
 
 

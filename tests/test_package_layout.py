@@ -1,0 +1,106 @@
+"""One namespace, units without import cycles, and every config option composable."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+import ufm_torch
+import ufm_torch.conf
+from ufm_torch.cli.validation import validate_config
+
+PACKAGE_DIRS = {"ufm_torch": Path(ufm_torch.__file__).parent}
+CONFIG_DIR = Path(ufm_torch.conf.__file__).parent
+UNITS = ("models", "data", "training", "metrics", "theory", "run_folder", "analysis", "cli", "callbacks", "conf")
+
+
+def test_installed_package_has_no_top_level_callbacks_or_conf(tmp_path: Path) -> None:
+    script = (
+        "import importlib.util, ufm_torch.callbacks.collapse_monitor, ufm_torch.conf\n"
+        "print(importlib.util.find_spec('callbacks'), importlib.util.find_spec('conf'))\n"
+        "from hydra import compose, initialize_config_module\n"
+        "with initialize_config_module(config_module='ufm_torch.conf', version_base='1.3'):\n"
+        "    print(compose(config_name='train', overrides=['run_dir=x']).model._target_)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["None", "None", "ufm_torch.models.UnconstrainedFeatures"]
+
+
+def unit_of(module: str) -> str | None:
+    """The unit of ``ufm_torch.<unit>.…`` (None outside the package; ``errors`` and the root are shared leaves)."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "ufm_torch" and len(parts) > 1 and parts[1] in UNITS else None
+
+
+def source_files() -> dict[str, Path]:
+    """Module name → file, for the package and for callbacks/ (installed as ``ufm_torch.callbacks``)."""
+    files = {}
+    root = PACKAGE_DIRS["ufm_torch"]
+    for path in root.rglob("*.py"):
+        files["ufm_torch." + ".".join(path.relative_to(root).with_suffix("").parts)] = path
+    for path in (CONFIG_DIR.parent / "callbacks").glob("*.py"):
+        files[f"ufm_torch.callbacks.{path.stem}"] = path
+    return files
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module imported anywhere in the file, function-level imports included."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_units_import_each_other_without_a_cycle() -> None:
+    edges: dict[str, set[str]] = {unit: set() for unit in UNITS}
+    for module, path in source_files().items():
+        source = unit_of(module)
+        for imported in imported_modules(path):
+            target = unit_of(imported)
+            if source and target and target != source:
+                edges[source].add(target)
+    assert not any(name.split(".")[0] in ("callbacks", "conf") for p in source_files().values() for name in
+                   imported_modules(p)), "an import of the top-level names callbacks or conf"
+    visiting, done = set(), set()
+
+    def visit(unit: str, trail: list[str]) -> None:
+        assert unit not in visiting, f"import cycle: {' -> '.join([*trail, unit])}"
+        if unit in done:
+            return
+        visiting.add(unit)
+        for target in sorted(edges[unit]):
+            visit(target, [*trail, unit])
+        visiting.discard(unit)
+        done.add(unit)
+
+    for unit in UNITS:
+        visit(unit, [])
+
+
+def group_options() -> list[tuple[str, str]]:
+    """``(group, option)`` for every YAML file of every config group except Hydra's own."""
+    return sorted(
+        (path.parent.relative_to(CONFIG_DIR).as_posix(), path.stem)
+        for path in CONFIG_DIR.glob("*/*.yaml")
+        if path.parent.name != "hydra"
+    )
+
+
+@pytest.mark.parametrize(("group", "option"), group_options())
+def test_every_option_of_every_config_group_composes(group: str, option: str) -> None:
+    primary = {"data", "model", "optimizer", "trainer", "callbacks", "logger", "experiment"}
+    choice = f"[{option}]" if group == "callbacks" else option
+    overrides = [f"{'' if group in primary else '+'}{group}={choice}", "run_dir=unused"]
+    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
+    if group in ("experiment", "compare_digits", "optimizer", "callbacks", "logger"):
+        validate_config(cfg)

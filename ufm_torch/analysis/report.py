@@ -1,0 +1,190 @@
+"""Reports of run and sweep folders: every figure and table, drawn after training from the folder's files alone.
+
+This is the one way figures and summaries are made. The Hydra hook :class:`ufm_torch.cli.report_hook.RunReport`
+calls :func:`write_run_report` when a job ends and :func:`write_sweep_report` when a multirun ends; ``ufm-plot PATH``
+calls :func:`write_report`, which does both for a sweep folder. The same folder always gives the same files.
+
+A run's report (``report`` node of its config):
+- ``figures/collapse.png``: NC1–NC4, SNC1–SNC3, dist_S and accuracy against the fraction of training (median over
+  replicas), for every run;
+- with ``report.paper_figures``: Mixon et al.'s Figures 1 and 2 and the ε-scaling figure (``figures/figure1.png``,
+  ``figure2.png``, ``scaling.png``) and ``summary.csv`` (:mod:`ufm_torch.analysis.summary`), for UFM runs;
+- the figures as images in the TensorBoard run ``tb/figures``.
+
+A sweep's report: ``sweep_summary.csv`` (one row per job and replica), the sweep figures and TensorBoard HPARAMS
+(:mod:`ufm_torch.analysis.sweep_figures`), and with ``report.comparison`` the jobs side by side in
+``figures/compare.png`` (``experiment=compare_digits``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from ufm_torch.analysis.comparison import collapse_figure
+from ufm_torch.analysis.paper_figures import (
+    RunSetup,
+    TheoryCurve,
+    figure1,
+    figure2,
+    save_figure,
+    scaling_figure,
+    snc3_theory_curves,
+)
+from ufm_torch.analysis.summary import write_summary
+from ufm_torch.analysis.sweep_figures import draw_sweep_figures
+from ufm_torch.analysis.sweep_table import format_summary_csv, summary_table
+from ufm_torch.run_folder.jobs import Job, read_job, read_jobs
+from ufm_torch.run_folder.layout import (
+    FIGURES_DIR,
+    HPARAMS_DIR,
+    RUN_SUMMARY_FILE,
+    SWEEP_SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    TENSORBOARD_FIGURES_RUN,
+    is_run_folder,
+)
+from ufm_torch.run_folder.tensorboard import write_figure_images, write_sweep_hparams
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """The ``report`` node of a run's config: what its report draws."""
+
+    paper_figures: bool = False
+    comparison: bool = False
+    dpi: int = 150
+    snc3_theory: bool = True
+    print_summary: bool = True
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> ReportSettings:
+        """The settings of a saved config (``.hydra/config.yaml`` as a dict); defaults for keys it lacks."""
+        node = config.get("report") or {}
+        return cls(**{item.name: node[item.name] for item in fields(cls) if item.name in node})
+
+
+@dataclass
+class Report:
+    """What a report wrote, the printable tables, and the count of jobs per outcome."""
+
+    folder: Path
+    written: list[Path] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: the folder, how many files were written, and how the jobs ended."""
+        outcome = ", ".join(f"{count} {status}" for status, count in sorted(self.statuses.items()))
+        return f"Report of {self.folder}: {len(self.written)} files written (jobs: {outcome})"
+
+
+def run_setup(config: Mapping[str, Any]) -> RunSetup:
+    """C, N, p and the step size η of a UFM run's saved config, for figure titles and theory overlays."""
+    data, model, optimizer = config["data"], config["model"], config["optimizer"]
+    return RunSetup(data["num_classes"], data["samples_per_class"], model["feature_dim"], float(optimizer["lr"]))
+
+
+def is_plain_gradient_descent(config: Mapping[str, Any]) -> bool:
+    """Full-batch SGD without momentum or weight decay on the paper's summed loss ½‖WH + b1ᵀ − Y‖²_F: the setting of
+    Theorem 2's SNC3 predictions (Mixon et al.)."""
+    optimizer, data = config["optimizer"], config["data"]
+    return (
+        optimizer.get("_target_") == "torch.optim.SGD"
+        and not optimizer.get("momentum")
+        and not optimizer.get("weight_decay")
+        and data.get("batch_size") is None
+        and (config.get("module") or {}).get("loss") in (None, "sum_squared")
+    )
+
+
+def describe_shape(config: Mapping[str, Any]) -> str:
+    """``C = 10, N = 50, p = 32`` of a saved config, for figure titles."""
+    data, model = config.get("data") or {}, config.get("model") or {}
+    shape = {"C": data.get("num_classes"), "N": data.get("samples_per_class"), "p": model.get("feature_dim")}
+    return ", ".join(f"${name} = {value}$" for name, value in shape.items() if value is not None)
+
+
+def paper_figures(job: Job, settings: ReportSettings) -> dict[str, Figure]:
+    """Figures 1 and 2 of Mixon et al. and the ε-scaling figure of a UFM run, with the SNC3 theory overlays when the
+    run is plain full-batch gradient descent on the summed loss."""
+    setup = run_setup(job.config)
+    theory: list[TheoryCurve] = []
+    if settings.snc3_theory and is_plain_gradient_descent(job.config):
+        theory = snc3_theory_curves(setup, max(int(record["step"]) for record in job.records))
+    return {
+        "figure1": figure1(job.records, setup, theory),
+        "figure2": figure2(job.records, setup),
+        "scaling": scaling_figure(job.records, setup),
+    }
+
+
+def write_run_report(run_dir: Path, tensorboard: bool = True) -> Report:
+    """The report of one run folder (module docstring); nothing is written for a run without records."""
+    run_dir = Path(run_dir)
+    job = read_job(run_dir, run_dir.parent)
+    report = Report(run_dir, statuses={str(job.status.get("status")): 1})
+    if not job.records:
+        return report
+    settings = ReportSettings.of(job.config)
+    max_steps = int(job.config["trainer"]["max_steps"])
+    figures = {"collapse": collapse_figure({job.name: job.records}, {job.name: max_steps}, describe_shape(job.config))}
+    is_ufm = all(record.get("init_scale") is not None for record in job.records)
+    if settings.paper_figures and is_ufm:
+        figures |= paper_figures(job, settings)
+        table = write_summary(job.records, run_dir / RUN_SUMMARY_FILE)
+        report.written.append(run_dir / RUN_SUMMARY_FILE)
+        report.tables.append(f"Final errors per init scale ε ({run_dir / RUN_SUMMARY_FILE}):\n{table}")
+    pngs = {
+        name: save_figure(figure, run_dir / FIGURES_DIR / f"{name}.png", settings.dpi) for name, figure in figures.items()
+    }
+    report.written.extend(pngs.values())
+    if tensorboard and (run_dir / TENSORBOARD_DIR).is_dir():
+        final_step = max(int(record["step"]) for record in job.records)
+        write_figure_images(run_dir / TENSORBOARD_DIR / TENSORBOARD_FIGURES_RUN, pngs, final_step)
+    if not settings.print_summary:
+        report.tables.clear()
+    return report
+
+
+def comparison_figure(jobs: Sequence[Job]) -> Figure:
+    """The jobs of a comparison side by side (:func:`ufm_torch.analysis.comparison.collapse_figure`)."""
+    with_records = [job for job in jobs if job.records]
+    histories = {job.name: job.records for job in with_records}
+    lengths = {job.name: int(job.config["trainer"]["max_steps"]) for job in with_records}
+    return collapse_figure(histories, lengths, describe_shape(with_records[0].config))
+
+
+def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = False) -> Report:
+    """The report of a sweep folder (module docstring); with ``runs`` also every job's own report first."""
+    sweep_dir = Path(sweep_dir)
+    jobs = read_jobs(sweep_dir)
+    report = Report(sweep_dir, statuses=dict(Counter(str(job.status.get("status")) for job in jobs)))
+    if runs:
+        for job in jobs:
+            run_report = write_run_report(job.path, tensorboard)
+            report.written += run_report.written
+            report.tables += run_report.tables
+    table = summary_table(jobs)
+    (sweep_dir / SWEEP_SUMMARY_FILE).write_text(format_summary_csv(table))
+    report.written.append(sweep_dir / SWEEP_SUMMARY_FILE)
+    report.written += draw_sweep_figures(jobs, table, sweep_dir / FIGURES_DIR)
+    if tensorboard:
+        report.written += write_sweep_hparams(table, sweep_dir / HPARAMS_DIR)
+    if any(ReportSettings.of(job.config).comparison for job in jobs) and any(job.records for job in jobs):
+        dpi = ReportSettings.of(jobs[0].config).dpi
+        report.written.append(save_figure(comparison_figure(jobs), sweep_dir / FIGURES_DIR / "compare.png", dpi))
+    return report
+
+
+def write_report(folder: Path, tensorboard: bool = True) -> Report:
+    """The report of a run folder, or of a sweep folder and each of its jobs: what the automatic path writes."""
+    folder = Path(folder)
+    if is_run_folder(folder):
+        return write_run_report(folder, tensorboard)
+    return write_sweep_report(folder, tensorboard, runs=True)
