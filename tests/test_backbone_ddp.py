@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import torch
@@ -49,7 +48,7 @@ def test_ddp_spawn_metrics_equal_single_process_metrics_on_the_same_weights(tmp_
     module = instantiate(cfg.module, network=network, optimizer=None)
     checkpoint = torch.load(run / "checkpoints" / "step=20.ckpt", map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"])
-    single = measure_backbone(types.SimpleNamespace(datamodule=instantiate(cfg.data)), module)
+    single = measure_backbone(module, instantiate(cfg.data)).values
 
     assert set(single) <= set(final)
     for tag, value in single.items():

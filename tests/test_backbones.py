@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
-from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import DigitsDataModule, UFMDataModule
 from ufm_torch.metrics import collapse_metrics
-from ufm_torch.metrics.network import measure_backbone, replica_identities
+from ufm_torch.metrics.network import measure_backbone, measure_free_features
 from ufm_torch.models import MLP, ConvNet, LinearHead, UnconstrainedFeatures, resnet18_small
 from ufm_torch.run_folder.names import replica_run_name
 from ufm_torch.training.module import CollapseModule
@@ -23,11 +20,6 @@ def digits_module(batch_norm: bool = True, **data: int) -> tuple[CollapseModule,
     network = MLP(64, datamodule.num_classes, feature_dim=8, width=32, depth=2, batch_norm=batch_norm).double()
     module = CollapseModule(network, optimizer=lambda params: torch.optim.SGD(params, lr=0.1), loss="mean_squared")
     return module, datamodule
-
-
-def stub_trainer(datamodule: DigitsDataModule) -> types.SimpleNamespace:
-    """The only part of a trainer that ``measure_backbone`` reads."""
-    return types.SimpleNamespace(datamodule=datamodule)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +73,7 @@ def test_resnet18_small_keeps_small_images_at_full_resolution() -> None:
 
 def test_measure_backbone_equals_metrics_of_all_training_features() -> None:
     module, datamodule = digits_module()
-    values = measure_backbone(stub_trainer(datamodule), module)
+    values = measure_backbone(module, datamodule).values
     network = module.network.eval()
     with torch.no_grad():
         features = network.forward_features(datamodule.splits.train_inputs.double())
@@ -106,7 +98,7 @@ def test_measure_backbone_uses_eval_mode_and_restores_train_mode() -> None:
     running_mean = batch_norm.running_mean.clone()
     modes = []
     module.network.body.register_forward_hook(lambda layer, inputs, output: modes.append(layer.training))
-    measure_backbone(stub_trainer(datamodule), module)
+    measure_backbone(module, datamodule)
     assert modes and not any(modes)
     assert module.network.training
     assert torch.equal(batch_norm.running_mean, running_mean)
@@ -116,7 +108,7 @@ def test_measure_backbone_passes_every_training_sample_through_the_network_once(
     module, datamodule = digits_module()
     rows = []
     module.network.body.register_forward_hook(lambda layer, inputs, output: rows.append(inputs[0].shape[0]))
-    measure_backbone(stub_trainer(datamodule), module)
+    measure_backbone(module, datamodule)
     train_rows = len(datamodule.labels)
     heldout_rows = len(datamodule.splits.heldout_labels)
     assert sum(rows) == train_rows + heldout_rows
@@ -125,18 +117,18 @@ def test_measure_backbone_passes_every_training_sample_through_the_network_once(
 
 def test_backbone_and_ufm_are_measured_under_the_same_tags() -> None:
     module, datamodule = digits_module()
-    backbone_tags = set(measure_backbone(stub_trainer(datamodule), module))
+    backbone_tags = set(measure_backbone(module, datamodule).values)
     ufm = UnconstrainedFeatures(num_classes=5, samples_per_class=4, feature_dim=6)
     ufm_module = CollapseModule(ufm, optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
-    ufm_tags = set(CollapseMonitor(output_dir="unused").measure(ufm_module, UFMDataModule(5, 4).labels))
+    ufm_tags = set(measure_free_features(ufm_module, UFMDataModule(5, 4)).values)
     assert backbone_tags == ufm_tags | {"heldout/accuracy"}
 
 
 def test_a_backbone_is_one_replica_seeded_by_the_global_seed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     module, _ = digits_module()
-    assert replica_identities(module.network) == [(None, 0, 7)]
+    assert module.network.replica_identities() == [(None, 0, 7)]
     assert replica_run_name(None, 0) == "backbone"
     ufm = UnconstrainedFeatures(num_classes=3, samples_per_class=3, feature_dim=4, init_scale=[0.1, 0.01])
-    assert [identity[:2] for identity in replica_identities(ufm)] == [(0.1, 0), (0.01, 0)]
+    assert [identity[:2] for identity in ufm.replica_identities()] == [(0.1, 0), (0.01, 0)]
     assert replica_run_name(0.1, 0) == "eps=0.1/rep=0"

@@ -23,8 +23,8 @@ from ufm_torch.analysis.paper_figures import (
     scaling_figure,
     snc3_theory_curves,
 )
+from ufm_torch.analysis.records import final_records
 from ufm_torch.analysis.summary import (
-    final_records,
     format_summary,
     loglog_fit,
     loglog_slope,
@@ -207,8 +207,8 @@ def test_paper_experiment_adds_its_figures_to_tensorboard(paper_run: Path) -> No
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
-    for event_file in (paper_run / "tb").glob("events.out.tfevents.*"):
+    for event_file in (paper_run / "tb" / "figures").glob("events.out.tfevents.*"):
         accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0})
         accumulator.Reload()
         tags |= set(accumulator.Tags()["images"])
-    assert {"paper/figure1", "paper/figure2", "paper/scaling"} <= tags
+    assert {"paper/figure1", "paper/figure2", "paper/scaling", "report/collapse"} <= tags

@@ -13,10 +13,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 
 from tests.conftest import run_ufm_train
-from ufm_torch import train
+from ufm_torch.analysis.records import final_records
+from ufm_torch.analysis.sweep_table import format_summary_csv, summary_table, swept_keys
+from ufm_torch.cli import train
 from ufm_torch.cli.overrides import check_launcher_plugin, plugin_installed
 from ufm_torch.errors import ConfigError
-from ufm_torch.run_folder.jobs import Job, final_records, format_summary_csv, summary_table, swept_keys
+from ufm_torch.run_folder.jobs import Job
 
 UFM_PLOT = Path(sys.executable).parent / "ufm-plot"
 FAST = (
@@ -53,7 +55,7 @@ def two_by_two_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "Sweep summary:" in result.stdout
+    assert "Report of " in result.stdout and "(jobs: 4 finished)" in result.stdout
     return sweep
 
 

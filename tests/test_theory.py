@@ -371,3 +371,27 @@ def test_integrate_flow_solves_linear_ode_at_requested_times():
     assert torch.allclose(values, expected, rtol=1e-9)
     with pytest.raises(ValueError, match="nondecreasing"):
         integrate_flow(lambda state: state, (torch.ones(1, dtype=DTYPE),), [1.0, 0.5])
+
+
+def test_integrate_flow_keeps_shapes_dtypes_and_start_and_reports_failures():
+    matrix, scalar = torch.tensor([[1.0, 2.0]], dtype=torch.float32), torch.tensor(3.0, dtype=DTYPE)
+    times = [0.0, 0.0, 1.0]  # rtol suited to a float32 right-hand side
+    values, scalars = integrate_flow(lambda s: (-s[0], -2 * s[1]), (matrix, scalar), times, rtol=1e-6, atol=1e-9)
+    assert (values.dtype, values.shape, scalars.dtype, scalars.shape) == (torch.float32, (3, 1, 2), DTYPE, (3,))
+    assert torch.equal(values[0], matrix) and torch.equal(values[1], matrix) and torch.equal(scalars[0], scalar)
+    assert torch.allclose(values[2], math.exp(-1.0) * matrix, rtol=1e-5)
+    assert math.isclose(float(scalars[2]), 3 * math.exp(-2.0), rel_tol=1e-5)
+    (at_start,) = integrate_flow(lambda s: (-s[0],), (matrix,), [0.0])
+    assert torch.equal(at_start, matrix.unsqueeze(0))
+
+    one = (torch.ones(1, dtype=DTYPE),)
+
+    def blow_up(state):  # y' = y², y(0) = 1: y = 1/(1 − t) blows up at t = 1
+        return (state[0].square(),)
+
+    with pytest.raises(RuntimeError, match="solve_ivp failed: Required step size"):
+        integrate_flow(blow_up, one, [2.0], rtol=1e-3, atol=1e-6)
+    with pytest.raises(RuntimeError, match="over 3 steps"):
+        integrate_flow(blow_up, one, [0.9], max_steps=3)
+    with pytest.raises(RuntimeError, match="not finite"):
+        integrate_flow(lambda state: (torch.full_like(state[0], math.nan),), one, [1.0])

@@ -8,8 +8,11 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from tests.conftest import run_ufm_train
+from ufm_torch.cli.overrides import check_group_choices
 from ufm_torch.cli.train import CONFIG_DIR
-from ufm_torch.cli.validation import ConfigError, check_group_choices, validate_config
+from ufm_torch.cli.validation import ConfigError, check_schema, validate_config
+
+OPTIMIZERS = "choose one of adam, momentum, sgd"
 
 BAD_OVERRIDES = [
     ("model.init_scale=-1", "model.init_scale"),
@@ -30,6 +33,16 @@ BAD_OVERRIDES = [
     ("module.loss=hinge", "module.loss"),
     ("optimizer.lr=0.25", "optimizer.lr"),
     ("trainer.precision=8", "trainer.precision"),
+    ("seed=true", "seed"),
+    ("data.num_classes=true", "data.num_classes"),
+    ("trainer.max_steps=1.5", "trainer.max_steps"),
+    ("data.samples_per_class='3'", "data.samples_per_class"),
+    ("optimizer.lr=inf", "optimizer.lr"),
+    ("optimizer.lr='0.1'", "optimizer.lr"),
+    ("allow_unstable=1", "allow_unstable"),
+    ("module.loss=[1]", "module.loss"),
+    ("callbacks.collapse_monitor.points_per_decade=0", "callbacks.collapse_monitor.points_per_decade"),
+    ("~optimizer.lr", "optimizer.lr"),
 ]
 
 
@@ -87,3 +100,76 @@ def test_group_option_lists_and_sweeps_are_checked_option_by_option() -> None:
         check_group_choices(["optimizer=sgd,lbfgs"], CONFIG_DIR)
     with pytest.raises(ConfigError, match="callbacks=nonsense"):
         check_group_choices(["callbacks=[collapse_monitor,nonsense]"], CONFIG_DIR)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=true", "seed=True is not allowed; it must be an integer >= 0"),
+        ("model.feature_dim=1.5", "model.feature_dim=1.5 is not allowed; it must be an integer >= 1"),
+        ("trainer.max_steps='1'", "trainer.max_steps='1' is not allowed; it must be an integer >= 1"),
+        (
+            "model.init_scale=[1.0,-0.1]",
+            "model.init_scale=[1.0, -0.1] is not allowed; it must be a number > 0 or a non-empty list of numbers > 0",
+        ),
+        ("~trainer.max_steps", "trainer.max_steps is missing; it must be an integer >= 1"),
+        ("~optimizer", "optimizer.lr is missing; it must be a number > 0"),
+        (
+            "model.feature_dim=${data.nope}",
+            "model.feature_dim cannot be resolved: Interpolation key 'data.nope' not found",
+        ),
+    ],
+)
+def test_message_names_the_whole_key_its_value_and_the_allowed_range(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_train(override))
+    assert str(error.value) == message
+
+
+def test_strict_types_but_ints_for_floats_and_unknown_keys_allowed() -> None:
+    validate_config(compose_train("optimizer.lr=0.001", "optimizer.weight_decay=0", "model.init_scale=[1,2]"))
+    validate_config(compose_train("+model.note=anything", "+data.extra=[1,2]", "+notes.owner=me"))
+    validate_config(compose_train("trainer.precision=64", "threads=null", "module.loss=null"))
+    check_schema({"seed": 0, "optimizer": {"lr": 1}, "trainer": {"max_steps": 1}})
+    with pytest.raises(ConfigError, match=r"^seed is missing; it must be an integer >= 0$"):
+        check_schema({"optimizer": {"lr": 1}, "trainer": {"max_steps": 1}})
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optimizer=choice(sgd,momentum)",
+        "optimizer=tag(fast,choice(sgd,adam))",
+        "optimizer=glob(*)",
+        "optimizer=glob(*,exclude=s*)",
+        "callbacks=choice([collapse_monitor,progress],[none])",
+        "+optimizer=adam",
+        "~optimizer",
+        "optimizer=null",
+        "data@comparison.ufm.data=ufm",
+        "hydra/launcher=basic",
+        "optimizer=[sgd",
+    ],
+)
+def test_good_group_sweeps_and_unparsable_overrides_pass(override: str) -> None:
+    check_group_choices(["-m", override, "model.init_scale=1e-3,1e-2"], CONFIG_DIR)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer=choice(sgd,lbfgs)", f"optimizer=lbfgs is not a known option; {OPTIMIZERS}"),
+        ("optimizer=sgd,'rmsprop'", f"optimizer=rmsprop is not a known option; {OPTIMIZERS}"),
+        ("+optimizer=lbfgs", f"optimizer=lbfgs is not a known option; {OPTIMIZERS}"),
+        ("optimizer=glob(x*)", f"optimizer=glob(x*) matches no option; {OPTIMIZERS}"),
+        (
+            "optimizer=glob(*,exclude=[adam,momentum,sgd])",
+            f"optimizer=glob(*,exclude=[adam,momentum,sgd]) matches no option; {OPTIMIZERS}",
+        ),
+        ("callbacks=choice([collapse_monitor],[nope])", "callbacks=nope is not a known option; choose one of "),
+    ],
+)
+def test_bad_group_options_in_sweeps_are_rejected(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        check_group_choices(["-m", override], CONFIG_DIR)
+    assert str(error.value).startswith(message)

@@ -38,6 +38,7 @@ from ufm_torch.analysis.paper_figures import (
 )
 from ufm_torch.analysis.summary import write_summary
 from ufm_torch.analysis.sweep_figures import draw_sweep_figures
+from ufm_torch.analysis.sweep_hparams import write_sweep_hparams
 from ufm_torch.analysis.sweep_table import format_summary_csv, summary_table
 from ufm_torch.run_folder.jobs import Job, read_job, read_jobs
 from ufm_torch.run_folder.layout import (
@@ -49,7 +50,7 @@ from ufm_torch.run_folder.layout import (
     TENSORBOARD_FIGURES_RUN,
     is_run_folder,
 )
-from ufm_torch.run_folder.tensorboard import write_figure_images, write_sweep_hparams
+from ufm_torch.run_folder.tensorboard import write_figure_images
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ def write_run_report(run_dir: Path, tensorboard: bool = True) -> Report:
     report.written.extend(pngs.values())
     if tensorboard and (run_dir / TENSORBOARD_DIR).is_dir():
         final_step = max(int(record["step"]) for record in job.records)
-        write_figure_images(run_dir / TENSORBOARD_DIR / TENSORBOARD_FIGURES_RUN, pngs, final_step)
+        images = {f"{'report' if name == 'collapse' else 'paper'}/{name}": path for name, path in pngs.items()}
+        write_figure_images(run_dir / TENSORBOARD_DIR / TENSORBOARD_FIGURES_RUN, images, final_step)
     if not settings.print_summary:
         report.tables.clear()
     return report

@@ -1,4 +1,5 @@
-"""Sweep-level views: final metrics against swept values, trajectories grouped by swept value, TensorBoard HPARAMS.
+"""Sweep-level views: final metrics against swept values and trajectories grouped by swept value (the HPARAMS
+sessions are written by :mod:`ufm_torch.analysis.sweep_hparams`).
 
 Inputs are the :class:`ufm_torch.analysis.sweep_table.SummaryTable` and the :class:`ufm_torch.run_folder.jobs.Job`
 list read back from a sweep folder, so every view can be redrawn from saved files (``ufm-plot``). The varying keys
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +23,6 @@ from ufm_torch.analysis.records import as_float, final_records
 from ufm_torch.analysis.sweep_table import SummaryTable, as_number
 from ufm_torch.metrics.tags import SNC_TAGS, short_name
 from ufm_torch.run_folder.jobs import Job
-from ufm_torch.run_folder.names import replica_run_name
 
 PANEL_COLUMNS = 4
 
@@ -206,63 +205,3 @@ def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
-
-
-def hparam_value(value: Any, numeric: bool) -> float | str:
-    """A swept value as TensorBoard accepts it: a float for numeric keys, else text (empty when absent)."""
-    if numeric:
-        return float(as_number(value))
-    return "" if value is None else str(value)
-
-
-def write_sweep_hparams(table: SummaryTable, log_dir: Path) -> list[Path]:
-    """TensorBoard HPARAMS of the sweep in ``log_dir`` (replaced): swept values and ε against final metrics.
-
-    One session run per job and replica, ``<job>/eps=<ε>/rep=<copy>``, with hyperparameters ``job``, each
-    swept key, ``init_scale``, ``seed`` and ``status`` and metrics ``hp/<metric>`` at the final step, plus one
-    experiment summary at the top so that ``tensorboard --logdir <log_dir>`` lists every swept key as a column.
-    """
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
-
-    log_dir = Path(log_dir)
-    if log_dir.exists():
-        shutil.rmtree(log_dir)
-    numeric = {
-        key: all(row[key] is not None for row in table.rows) and is_numeric(row[key] for row in table.rows)
-        for key in table.swept
-    }
-    sessions = []
-    for row in table.rows:
-        hyper: dict[str, Any] = {"job": row["job"]}
-        hyper |= {key: hparam_value(row[key], numeric[key]) for key in table.swept}
-        hyper |= {
-            "init_scale": as_float(row["init_scale"]),
-            "seed": "" if row["replica_seed"] is None else str(row["replica_seed"]),
-            "status": str(row["status"]),
-        }
-        finals = {f"hp/{short_name(m)}": as_float(row[m]) for m in table.metrics if row[m] is not None}
-        run = Path(row["job"]) / ("" if row["copy"] is None else replica_run_name(row["init_scale"], row["copy"]))
-        sessions.append((log_dir / run, hyper, finals, row["step"] or 0))
-    runs = []
-    for run_dir, hyper, finals, step in sessions:
-        writer = SummaryWriter(log_dir=str(run_dir))
-        _, session_start, session_end = hparams(hyper, finals)
-        writer.file_writer.add_summary(session_start)
-        writer.file_writer.add_summary(session_end)
-        for name, value in finals.items():
-            writer.add_scalar(name, value, step)
-        writer.close()
-        runs.append(run_dir)
-    if sessions:
-        domains = {
-            key: sorted({str(h[key]) for _, h, _, _ in sessions})
-            for key in sessions[0][1]
-            if isinstance(sessions[0][1][key], str)
-        }
-        metric_keys = {name: 0.0 for _, _, finals, _ in sessions for name in finals}
-        experiment, _, _ = hparams(sessions[0][1], metric_keys, hparam_domain_discrete=domains)
-        writer = SummaryWriter(log_dir=str(log_dir))
-        writer.file_writer.add_summary(experiment)
-        writer.close()
-    return runs

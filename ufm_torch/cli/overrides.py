@@ -1,8 +1,20 @@
-"""Check before Hydra starts that a ``hydra/launcher=…`` override names a launcher whose plugin is installed."""
+"""Checks on the command-line overrides before Hydra starts, read with Hydra's own override parser.
+
+A config-group override must name options that exist under ``conf/<group>/``; a ``hydra/launcher=…`` override
+must name a launcher whose plugin is installed. An override the parser cannot read is left to Hydra, which reports
+it with its own message.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, Override, QuotedString, RangeSweep
+from hydra.errors import OverrideParseException
 
 from ufm_torch.errors import ConfigError
 
@@ -12,6 +24,78 @@ LAUNCHER_PLUGINS = {
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
 }
+
+
+def parse_overrides(arguments: list[str]) -> Iterator[Override]:
+    """Hydra's reading of each command-line argument; one it cannot parse (a flag, a typo) is skipped."""
+    parser = OverridesParser.create()
+    for argument in arguments:
+        try:
+            yield from parser.parse_overrides([argument])
+        except OverrideParseException:
+            continue
+
+
+def element_names(element: Any) -> list[str]:
+    """The option names in one parsed value: a name, a list of names (flattened) or null (none)."""
+    if element is None:
+        return []
+    if isinstance(element, list):
+        return [name for item in element for name in element_names(item)]
+    if isinstance(element, QuotedString):
+        return [element.text]
+    return [str(element)]
+
+
+def selected_options(override: Override, available: list[str]) -> list[str]:
+    """Every option an override selects: its value, list or sweep (``a,b``, ``choice``, ``range``) option by
+    option, a ``glob`` expanded against the ``available`` option names, an ``interval`` (no option) as written."""
+    value = override.value()
+    if isinstance(value, Glob):
+        return value.filter(available)
+    if isinstance(value, ChoiceSweep):
+        return element_names(value.list)
+    if isinstance(value, RangeSweep):
+        return element_names(list(value.range()))
+    if isinstance(value, IntervalSweep):
+        return [value_text(override)]
+    return element_names(value)
+
+
+def value_text(override: Override) -> str:
+    """The value of an override as typed on the command line (after its ``=``)."""
+    return str(override.input_line).partition("=")[2]
+
+
+def config_groups(config_dir: Path) -> dict[str, list[str]]:
+    """The config groups under ``config_dir`` (its sub-folders holding ``*.yaml``, ``hydra`` left out), each with
+    its option names."""
+    groups: dict[str, list[str]] = {}
+    for path in config_dir.rglob("*.yaml"):
+        group = path.parent.relative_to(config_dir).as_posix()
+        if path.parent != config_dir and group.split("/")[0] != "hydra":
+            groups.setdefault(group, []).append(path.stem)
+    return {group: sorted(options) for group, options in groups.items()}
+
+
+def check_group_choices(overrides: list[str], config_dir: Path) -> None:
+    """Reject group overrides whose options have no file in ``conf/<group>/`` (before Hydra composes).
+
+    ``group=a``, ``+group=a``, ``~group=a``, lists (``group=[a,b]``) and sweeps (``group=a,b``, ``choice(a,b)``,
+    ``glob(a*,exclude=…)``) are checked option by option; a glob must match at least one option.
+    """
+    groups = config_groups(config_dir)
+    for override in parse_overrides(overrides):
+        group = override.key_or_group
+        if group not in groups:
+            continue
+        choose = f"choose one of {', '.join(groups[group])}"
+        options = selected_options(override, groups[group])
+        if isinstance(override.value(), Glob) and not options:
+            raise ConfigError(f"{group}={value_text(override)} matches no option; {choose}")
+        for option in options:
+            if option not in groups[group]:
+                raise ConfigError(f"{group}={option} is not a known option; {choose}")
 
 
 def plugin_installed(module: str) -> bool:
@@ -24,11 +108,14 @@ def plugin_installed(module: str) -> bool:
 
 def check_launcher_plugin(overrides: list[str]) -> None:
     """Raise :class:`ConfigError` (one line naming the install command) for a launcher whose plugin is missing."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        launcher = value.strip()
-        if key.strip() != "hydra/launcher" or launcher not in LAUNCHER_PLUGINS:
+    for override in parse_overrides(overrides):
+        if override.key_or_group != "hydra/launcher":
             continue
-        module, package = LAUNCHER_PLUGINS[launcher]
-        if not plugin_installed(module):
-            raise ConfigError(f"hydra/launcher={launcher} needs the {package} plugin; install it with {SWEEPS_EXTRA}")
+        for launcher in selected_options(override, sorted(LAUNCHER_PLUGINS)):
+            if launcher not in LAUNCHER_PLUGINS:
+                continue
+            module, package = LAUNCHER_PLUGINS[launcher]
+            if not plugin_installed(module):
+                raise ConfigError(
+                    f"hydra/launcher={launcher} needs the {package} plugin; install it with {SWEEPS_EXTRA}"
+                )

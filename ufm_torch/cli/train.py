@@ -20,8 +20,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from ufm_torch import conf
-from ufm_torch.cli.overrides import check_launcher_plugin
-from ufm_torch.cli.validation import check_group_choices, validate_config
+from ufm_torch.cli.overrides import check_group_choices, check_launcher_plugin
+from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError, DivergenceError
 from ufm_torch.run_folder.status import RunStatus
 

@@ -1,108 +1,48 @@
-"""Range checks on the composed config, run before anything is built: one readable line per mistake."""
+"""Checks on the composed config, run before anything is built: one readable line per mistake.
+
+Each key's type and range is the typed schema's (:mod:`ufm_torch.cli.schema`); the rules that tie keys together
+(the stable SGD step size, the rank needed for strong collapse) are written out here.
+"""
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+from pydantic import ValidationError
 
+from ufm_torch.cli.schema import TrainConfig, schema_error
 from ufm_torch.errors import ConfigError
-from ufm_torch.models.backbones import ACTIVATIONS
-from ufm_torch.models.kind import target_has_free_features
-from ufm_torch.training.losses import LOSSES
-
-CONFIG_GROUPS = ("data", "model", "optimizer", "trainer", "callbacks", "logger", "experiment")
-PRECISIONS = {"64-true", "64", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true"}
+from ufm_torch.models import target_has_free_features
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A check on one config key: ``accepts(value)`` and the allowed range in words."""
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """``OmegaConf.to_container(cfg, resolve=True)`` with the ``hydra`` node left out (it is Hydra's to check).
 
-    key: str
-    accepts: Callable[[Any], bool]
-    allowed: str
-    required: bool = False
-
-
-def is_int(value: Any) -> bool:
-    """True for Python integers (not booleans)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_real(value: Any) -> bool:
-    """True for finite real numbers (not booleans)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def positive_ints(value: Any) -> bool:
-    """A non-empty list of integers >= 1."""
-    return isinstance(value, list | ListConfig) and bool(value) and all(is_int(v) and v >= 1 for v in value)
-
-
-def positive_scales(value: Any) -> bool:
-    """A positive number or a non-empty list of positive numbers."""
-    values = list(value) if isinstance(value, list | ListConfig) else [value]
-    return bool(values) and all(is_real(v) and v > 0 for v in values)
-
-
-RULES = (
-    Rule("seed", lambda v: is_int(v) and v >= 0, "an integer >= 0", required=True),
-    Rule("data.num_classes", lambda v: is_int(v) and v >= 2, "an integer >= 2"),
-    Rule("data.samples_per_class", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("data.batch_size", lambda v: v is None or (is_int(v) and v >= 1), "null (full batch) or an integer >= 1"),
-    Rule("data.steps_per_epoch", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("model.feature_dim", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("model.init_scale", positive_scales, "a number > 0 or a non-empty list of numbers > 0"),
-    Rule("model.replicas", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("model.dtype", lambda v: v in ("float64", "float32"), "one of float64, float32"),
-    Rule("optimizer.lr", lambda v: is_real(v) and v > 0, "a number > 0", required=True),
-    Rule("optimizer.momentum", lambda v: is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
-    Rule("optimizer.weight_decay", lambda v: is_real(v) and v >= 0, "a number >= 0"),
-    Rule("trainer.max_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1", required=True),
-    Rule("trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(sorted(PRECISIONS))}"),
-    Rule("module.loss", lambda v: v is None or v in LOSSES, f"null or one of {', '.join(sorted(LOSSES))}"),
-    Rule("threads", lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
-    Rule("callbacks.collapse_monitor.points_per_decade", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule(
-        "callbacks.collapse_monitor.every_n_steps",
-        lambda v: v is None or (is_int(v) and v >= 1),
-        "null or an integer >= 1",
-    ),
-    Rule("allow_unstable", lambda v: isinstance(v, bool), "true or false"),
-    Rule("data.input_dim", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("data.in_channels", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("data.heldout_per_class", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-    Rule("data.eval_batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("data.separation", lambda v: is_real(v) and v >= 0, "a number >= 0"),
-    Rule("data.noise_std", lambda v: is_real(v) and v >= 0, "a number >= 0"),
-    Rule("data.download", lambda v: isinstance(v, bool), "true or false"),
-    Rule("model.width", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("model.depth", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    Rule("model.activation", lambda v: v in ACTIVATIONS, f"one of {', '.join(sorted(ACTIVATIONS))}"),
-    Rule("model.batch_norm", lambda v: isinstance(v, bool), "true or false"),
-    Rule("model.channels", positive_ints, "a non-empty list of integers >= 1"),
-)
-
-
-def check_group_choices(overrides: list[str], config_dir: Path) -> None:
-    """Reject ``group=option`` overrides whose option has no file in ``conf/<group>/`` (before Hydra composes).
-
-    Sweeps (``group=a,b``) and option lists (``group=[a,b]``) are checked option by option.
+    A ``???`` value or an interpolation that cannot be resolved raises :class:`ConfigError` naming its key.
     """
-    for override in overrides:
-        key, sep, value = override.lstrip("+~").partition("=")
-        if not sep or key not in CONFIG_GROUPS or value in ("", "null"):
-            continue
-        available = sorted(path.stem for path in (config_dir / key).glob("*.yaml"))
-        for option in value.strip("[]").split(","):
-            if option.strip() not in available:
-                raise ConfigError(f"{key}={option.strip()} is not a known option; choose one of {', '.join(available)}")
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{missing[0]} has no value; set it on the command line ({missing[0]}=...)")
+        return {key: _plain(cfg[key]) for key in cfg if key != "hydra"}
+    except InterpolationResolutionError as error:
+        raise ConfigError(f"{error.full_key} cannot be resolved: {str(error).splitlines()[0]}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A resolved config value as plain Python containers."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def check_schema(config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the first key of the resolved ``config`` whose value the schema forbids."""
+    try:
+        TrainConfig.model_validate(config)
+    except ValidationError as error:
+        raise ConfigError(schema_error(error.errors()[0], config)) from None
 
 
 def effective_loss(cfg: DictConfig) -> str:
@@ -130,19 +70,7 @@ def _bias_stability_limit(cfg: DictConfig) -> float | None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Check every user-facing key; raise :class:`ConfigError` on the first mistake, warn on hopeless settings."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"{missing[0]} has no value; set it on the command line ({missing[0]}=...)")
-    for rule in RULES:
-        value = OmegaConf.select(cfg, rule.key, default=KeyError)
-        if value is KeyError:
-            if rule.required:
-                raise ConfigError(f"{rule.key} is missing; it must be {rule.allowed}")
-            continue
-        if isinstance(value, DictConfig | ListConfig):
-            value = OmegaConf.to_object(value)
-        if not rule.accepts(value):
-            raise ConfigError(f"{rule.key}={value!r} is not allowed; it must be {rule.allowed}")
+    check_schema(resolved_config(cfg))
     limit = _bias_stability_limit(cfg)
     if limit is not None and cfg.optimizer.lr >= limit and not cfg.allow_unstable:
         raise ConfigError(

@@ -1,148 +1,189 @@
-"""All TensorBoard writing, through ``torch.utils.tensorboard``: one run per replica, the chart layout, HPARAMS
-sessions (per training run and per sweep) and Gram-matrix images.
+"""All TensorBoard writing: the replica runs of a training run (scalars, chart layout, HPARAMS, Gram-matrix images),
+the report's figures and the HPARAMS sessions of a sweep.
 
-Each evaluation writes one event per replica run holding every tag (a single ``Summary`` with many values), so
-that the number of events, and of records TensorBoard's writer checksums, does not grow with the number of tags.
+Summaries come from ``torch.utils.tensorboard.summary`` and tensorboard's protobuf messages. A :class:`RunWriter`
+writes them in the calling thread through tensorboardX's ``RecordWriter``, which checksums each record with the
+``crc32c`` package's C CRC32C. ``torch.utils.tensorboard.SummaryWriter`` checksums in pure Python in one background
+thread per run: with the paper benchmark's 30 runs its writing took about six times the CPU time of this path, and
+its threads held the interpreter lock against training. Each evaluation is one event per replica run holding every
+tag (a single ``Summary`` with many values).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import os
 import shutil
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import PIL.Image
 from matplotlib import colormaps
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from tensorboardX.record_writer import RecordWriter
+from torch.utils.tensorboard.summary import custom_scalars, hparams, image
 
-from ufm_torch.analysis.records import as_float
-from ufm_torch.analysis.sweep_figures import is_numeric
-from ufm_torch.analysis.sweep_table import SummaryTable, as_number
 from ufm_torch.metrics.tags import NC_TAGS, SNC_TAGS, short_name
-from ufm_torch.run_folder.names import replica_run_name
 
 CUSTOM_SCALARS_LAYOUT = {
     "Neural collapse": {"NC1–NC4": ["Multiline", list(NC_TAGS)]},
     "Strong neural collapse": {"SNC1–SNC3 and distance to S": ["Multiline", list(SNC_TAGS)]},
 }
 
+_file_counter = itertools.count()
 
-def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[SummaryWriter]:
+
+class RunWriter:
+    """A TensorBoard run: a new ``events.out.tfevents.*`` file in ``log_dir`` (created if needed), written in the
+    calling thread.
+
+    Events are tensorboard's protobuf messages; tensorboardX's ``RecordWriter`` frames them as TFRecords and
+    checksums them with the ``crc32c`` package's C CRC32C.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.{next(_file_counter)}"
+        self.path = log_dir / name
+        self._records = RecordWriter(str(self.path))
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event: Event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def add_summary(self, summary: Summary, step: int = 0, wall_time: float | None = None) -> None:
+        """``summary`` as one event at ``step``, stamped ``wall_time`` (now by default)."""
+        self._write(Event(wall_time=time.time() if wall_time is None else wall_time, step=step, summary=summary))
+
+    def flush(self) -> None:
+        """Write the buffered events to disk (TensorBoard sees them)."""
+        self._records.flush()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._records.close()
+
+
+def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[RunWriter]:
     """One writer per replica run ``log_dir/<name>``; each run's first summary is the custom-scalars layout."""
-    writers = [SummaryWriter(log_dir=str(Path(log_dir) / name)) for name in run_names]
+    writers = [RunWriter(Path(log_dir) / name) for name in run_names]
+    layout = custom_scalars(CUSTOM_SCALARS_LAYOUT)
     for writer in writers:
-        writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+        writer.add_summary(layout)
     return writers
 
 
-def scalar_summary(tags: Sequence[str], values: Sequence[float]) -> Summary:
-    """One summary holding ``tag: value`` for every tag (TensorBoard reads each as its own scalar series)."""
-    return Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in zip(tags, values, strict=True)])
+@functools.lru_cache(maxsize=16)
+def _scalar_summary(tags: tuple[str, ...]) -> Summary:
+    """A summary with one ``simple_value`` entry per tag, built once per tag list (every evaluation writes the same
+    tags); each event refills its values, and ``Event(summary=…)`` copies it."""
+    return Summary(value=[Summary.Value(tag=tag, simple_value=0.0) for tag in tags])
 
 
 def add_scalar_rows(
-    writers: Sequence[SummaryWriter], tags: Sequence[str], rows: Sequence[Sequence[float]], step: int
+    writers: Sequence[RunWriter], tags: Sequence[str], rows: Sequence[Sequence[float]], step: int
 ) -> None:
-    """Row ``r`` of ``rows`` (one value per tag) as one event at ``step`` in ``writers[r]``, all at one wall time.
+    """Row ``r`` of ``rows`` (one value per tag) as one event at ``step`` in ``writers[r]``, all at one wall time:
+    a single summary whose values TensorBoard reads as one scalar series per tag.
 
-    Rows beyond the last writer are not written.
+    Rows beyond the last writer are not written; a row whose length differs from the tags' raises ``ValueError``.
     """
+    summary = _scalar_summary(tuple(tags))
     wall_time = time.time()
     for writer, row in zip(writers, rows, strict=False):
-        writer.file_writer.add_summary(scalar_summary(tags, row), step, wall_time)
+        for entry, value in zip(summary.value, row, strict=True):
+            entry.simple_value = value
+        writer.add_summary(summary, step, wall_time)
 
 
-def add_scalars_event(writer: SummaryWriter, values: dict[str, float], step: int) -> None:
+def add_scalars_event(writer: RunWriter, values: dict[str, float], step: int) -> None:
     """All ``tag: value`` pairs as a single event at ``step`` (one summary with many values)."""
     add_scalar_rows([writer], list(values), [list(values.values())], step)
 
 
-def add_image(writer: SummaryWriter, tag: str, image_hwc: np.ndarray, step: int) -> None:
+def add_image(writer: RunWriter, tag: str, image_hwc: np.ndarray, step: int) -> None:
     """An RGB image (height × width × 3, uint8) as a PNG image summary at ``step``."""
-    writer.add_image(tag, image_hwc, step, dataformats="HWC")
+    writer.add_summary(image(tag, image_hwc, dataformats="HWC"), step)
+
+
+def write_figure_images(run_dir: Path, pngs: dict[str, Path], step: int) -> None:
+    """Each saved figure of ``pngs`` (tag: PNG file) as an image at ``step`` in the run ``run_dir``, replaced: a
+    redrawn report leaves one copy of each image."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    writer = RunWriter(run_dir)
+    for tag, path in pngs.items():
+        with PIL.Image.open(path) as png:
+            add_image(writer, tag, np.asarray(png.convert("RGB")), step)
+    writer.close()
 
 
 def write_hparams(
-    writer: SummaryWriter, hyperparameters: dict[str, Any], final_metrics: dict[str, float], step: int
+    writer: RunWriter, hyperparameters: dict[str, Any], final_metrics: dict[str, float], step: int
 ) -> None:
     """An HPARAMS entry in ``writer``'s own run (not a new sub-run): the experiment, session start and session end
     summaries of ``hyperparameters`` against metrics ``hp/<name>``, and those metrics as one event at ``step``."""
     metric_dict = {f"hp/{short_name(name)}": value for name, value in final_metrics.items()}
     for summary in hparams(hyperparameters, metric_dict):
-        writer.file_writer.add_summary(summary)
+        writer.add_summary(summary)
     add_scalars_event(writer, metric_dict, step)
 
 
-def hparam_value(value: Any, numeric: bool) -> float | str:
-    """A swept value as TensorBoard accepts it: a float for numeric keys, else text (empty when absent)."""
-    if numeric:
-        return float(as_number(value))
-    return "" if value is None else str(value)
+class HparamsSession(NamedTuple):
+    """One HPARAMS session of a sweep: the run folder it is written to, its hyperparameters, its final metrics
+    (``hp/<metric>``) and the step they are shown at."""
+
+    run_dir: Path
+    hyperparameters: dict[str, Any]
+    finals: dict[str, float]
+    step: int
 
 
-def _sweep_sessions(table: SummaryTable, log_dir: Path) -> list[tuple[Path, dict[str, Any], dict[str, float], int]]:
-    """(run folder, hyperparameters, final ``hp/…`` metrics, last step) of every row of ``table``."""
-    numeric = {
-        key: all(row[key] is not None for row in table.rows) and is_numeric(row[key] for row in table.rows)
-        for key in table.swept
+def _write_session(session: HparamsSession) -> None:
+    """In the session's run: its HPARAMS session start and end, and its final metrics as one event at its step (the
+    experiment summary is written once, at the top)."""
+    writer = RunWriter(session.run_dir)
+    _, session_start, session_end = hparams(session.hyperparameters, session.finals)
+    writer.add_summary(session_start)
+    writer.add_summary(session_end)
+    add_scalars_event(writer, session.finals, session.step)
+    writer.close()
+
+
+def _write_experiment(log_dir: Path, sessions: Sequence[HparamsSession]) -> None:
+    """In ``log_dir``: the HPARAMS experiment summary, with every hyperparameter of the first session as a column
+    (text ones with every value seen as their domain) and every metric of any session."""
+    first = sessions[0].hyperparameters
+    domains = {
+        key: sorted({str(session.hyperparameters[key]) for session in sessions})
+        for key in first
+        if isinstance(first[key], str)
     }
-    sessions = []
-    for row in table.rows:
-        hyper: dict[str, Any] = {"job": row["job"]}
-        hyper |= {key: hparam_value(row[key], numeric[key]) for key in table.swept}
-        hyper |= {
-            "init_scale": as_float(row["init_scale"]),
-            "seed": "" if row["replica_seed"] is None else str(row["replica_seed"]),
-            "status": str(row["status"]),
-        }
-        finals = {f"hp/{short_name(m)}": as_float(row[m]) for m in table.metrics if row[m] is not None}
-        run = Path(row["job"]) / ("" if row["copy"] is None else replica_run_name(row["init_scale"], row["copy"]))
-        sessions.append((log_dir / run, hyper, finals, row["step"] or 0))
-    return sessions
-
-
-def _write_session(run_dir: Path, hyperparameters: dict[str, Any], finals: dict[str, float], step: int) -> None:
-    """In ``run_dir``: the HPARAMS session start and end of ``hyperparameters`` and ``finals`` as one event at
-    ``step`` (the experiment summary is written once, at the top)."""
-    with SummaryWriter(log_dir=str(run_dir)) as writer:
-        _, session_start, session_end = hparams(hyperparameters, finals)
-        writer.file_writer.add_summary(session_start)
-        writer.file_writer.add_summary(session_end)
-        add_scalars_event(writer, finals, step)
-
-
-def _write_experiment(log_dir: Path, sessions: list[tuple[Path, dict[str, Any], dict[str, float], int]]) -> None:
-    """In ``log_dir``: the HPARAMS experiment summary, every hyperparameter of the first session as a column (text
-    ones with every value seen as their domain) and every metric of any session."""
-    first = sessions[0][1]
-    domains = {key: sorted({str(hyper[key]) for _, hyper, _, _ in sessions}) for key in first if isinstance(first[key], str)}
-    metric_keys = {name: 0.0 for _, _, finals, _ in sessions for name in finals}
+    metric_keys = {name: 0.0 for session in sessions for name in session.finals}
     experiment, _, _ = hparams(first, metric_keys, hparam_domain_discrete=domains)
-    with SummaryWriter(log_dir=str(log_dir)) as writer:
-        writer.file_writer.add_summary(experiment)
+    writer = RunWriter(log_dir)
+    writer.add_summary(experiment)
+    writer.close()
 
 
-def write_sweep_hparams(table: SummaryTable, log_dir: Path) -> list[Path]:
-    """TensorBoard HPARAMS of the sweep in ``log_dir`` (replaced): swept values and ε against final metrics.
-
-    One session run per job and replica, ``<job>/eps=<ε>/rep=<copy>``, with hyperparameters ``job``, each
-    swept key, ``init_scale``, ``seed`` and ``status`` and metrics ``hp/<metric>`` at the final step, plus one
-    experiment summary at the top so that ``tensorboard --logdir <log_dir>`` lists every swept key as a column.
-    Returns the session runs' folders.
-    """
+def write_hparams_sessions(log_dir: Path, sessions: Sequence[HparamsSession]) -> list[Path]:
+    """TensorBoard HPARAMS in ``log_dir`` (replaced): one run per session, plus one experiment summary at the top so
+    that ``tensorboard --logdir <log_dir>`` lists every hyperparameter as a column. Returns the session runs."""
     log_dir = Path(log_dir)
     if log_dir.exists():
         shutil.rmtree(log_dir)
-    sessions = _sweep_sessions(table, log_dir)
-    for run_dir, hyper, finals, step in sessions:
-        _write_session(run_dir, hyper, finals, step)
+    for session in sessions:
+        _write_session(session)
     if sessions:
         _write_experiment(log_dir, sessions)
-    return [run_dir for run_dir, _, _, _ in sessions]
+    return [session.run_dir for session in sessions]
 
 
 def simplex_etf_gram(num_classes: int) -> np.ndarray:

@@ -1,0 +1,157 @@
+"""The typed schema of the composed ``train`` config: every user-facing key, its type and its allowed range.
+
+Each field's ``description`` is its allowed range in words; :func:`schema_error` turns pydantic's first error into
+the one-line message ``ufm-train`` prints. A key that the selected group option does not have is simply absent
+(``None`` default, never validated); keys the schema does not name (``_target_``, other options' keys) are allowed.
+Types are strict: no booleans or floats for integers, no strings for numbers, finite floats only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, Strict, StrictBool, StrictInt
+from pydantic_core import ErrorDetails
+
+from ufm_torch.models.backbones import ACTIVATIONS
+from ufm_torch.training.losses import LOSSES
+
+PRECISIONS = ("16-mixed", "16-true", "32", "32-true", "64", "64-true", "bf16-mixed", "bf16-true")
+
+Real = Annotated[FiniteFloat, Strict()]
+PositiveReal = Annotated[Real, Field(gt=0)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+Precision = Annotated[Literal[PRECISIONS], BeforeValidator(str)]
+LossName = Literal[tuple(sorted(LOSSES))]
+ActivationName = Literal[tuple(sorted(ACTIVATIONS))]
+
+AN_INT_AT_LEAST_1 = "an integer >= 1"
+A_NUMBER_AT_LEAST_0 = "a number >= 0"
+TRUE_OR_FALSE = "true or false"
+
+
+def absent_or(allowed: str, **constraints: Any) -> Any:
+    """A key that may be absent (its group option lacks it) but, when present, must be ``allowed``."""
+    return Field(None, description=allowed, **constraints)
+
+
+def section(group: str) -> Any:
+    """A nested mapping, validated also when absent so that its required keys are reported by name."""
+    return Field({}, validate_default=True, description=f"a mapping of the {group} keys")
+
+
+class Section(BaseModel):
+    """A mapping of config keys: the schema's keys are checked, every other key is allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class DataConfig(Section):
+    """``data``: the data module's keys (which ones exist depends on the data option)."""
+
+    num_classes: StrictInt = absent_or("an integer >= 2", ge=2)
+    samples_per_class: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    batch_size: PositiveInt | None = absent_or("null (full batch) or an integer >= 1")
+    steps_per_epoch: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    input_dim: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    in_channels: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    heldout_per_class: StrictInt = absent_or("an integer >= 0", ge=0)
+    eval_batch_size: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    separation: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
+    noise_std: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
+    download: StrictBool = absent_or(TRUE_OR_FALSE)
+
+
+class ModelConfig(Section):
+    """``model``: the network's keys (the UFM's or a backbone's)."""
+
+    feature_dim: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    init_scale: PositiveReal | Annotated[list[PositiveReal], Field(min_length=1)] = absent_or(
+        "a number > 0 or a non-empty list of numbers > 0"
+    )
+    replicas: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    dtype: Literal["float64", "float32"] = absent_or("one of float64, float32")
+    width: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    depth: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    activation: ActivationName = absent_or(f"one of {', '.join(sorted(ACTIVATIONS))}")
+    batch_norm: StrictBool = absent_or(TRUE_OR_FALSE)
+    channels: Annotated[list[PositiveInt], Field(min_length=1)] = absent_or("a non-empty list of integers >= 1")
+
+
+class OptimizerConfig(Section):
+    """``optimizer``: a ``torch.optim`` optimiser's keys; ``lr`` is required."""
+
+    lr: Real = Field(gt=0, description="a number > 0")
+    momentum: Real = absent_or("a number in [0, 1)", ge=0, lt=1)
+    weight_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
+
+
+class TrainerConfig(Section):
+    """``trainer``: Lightning Trainer keys; ``max_steps`` is required."""
+
+    max_steps: StrictInt = Field(ge=1, description=AN_INT_AT_LEAST_1)
+    precision: Precision = absent_or(f"one of {', '.join(PRECISIONS)}")
+
+
+class ModuleConfig(Section):
+    """``module``: the training module's keys."""
+
+    loss: LossName | None = absent_or(f"null or one of {', '.join(sorted(LOSSES))}")
+
+
+class CollapseMonitorConfig(Section):
+    """``callbacks.collapse_monitor``: the evaluation schedule."""
+
+    points_per_decade: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    every_n_steps: PositiveInt | None = absent_or("null or an integer >= 1")
+
+
+class CallbacksConfig(Section):
+    """``callbacks``: one entry per selected callback; only the collapse monitor's schedule is checked."""
+
+    collapse_monitor: CollapseMonitorConfig = absent_or("a mapping of the collapse monitor's keys")
+
+
+class TrainConfig(Section):
+    """The composed ``train`` config without its ``hydra`` node."""
+
+    seed: StrictInt = Field(ge=0, description="an integer >= 0")
+    data: DataConfig = section("data")
+    model: ModelConfig = section("model")
+    optimizer: OptimizerConfig = section("optimizer")
+    trainer: TrainerConfig = section("trainer")
+    module: ModuleConfig = section("module")
+    threads: PositiveInt | None = absent_or("null or an integer >= 1")
+    callbacks: CallbacksConfig = section("callbacks")
+    allow_unstable: StrictBool = absent_or(TRUE_OR_FALSE)
+
+
+def failing_key(loc: tuple[int | str, ...]) -> tuple[tuple[str, ...], str]:
+    """The config key (as its path) and allowed range of the schema field that an error location points into.
+
+    Locations below a field (a list index, a union member's tag) are cut off: the whole field is reported.
+    """
+    schema: type[BaseModel] | None = TrainConfig
+    path: list[str] = []
+    allowed = ""
+    for part in loc:
+        if schema is None or not isinstance(part, str) or part not in schema.model_fields:
+            break
+        field = schema.model_fields[part]
+        path.append(part)
+        allowed = field.description or ""
+        annotation = field.annotation
+        schema = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return tuple(path), allowed
+
+
+def schema_error(error: ErrorDetails, config: dict[str, Any]) -> str:
+    """The one-line message for pydantic's ``error`` on ``config``: the whole key, its whole value, its range."""
+    path, allowed = failing_key(error["loc"])
+    key = ".".join(path)
+    if error["type"] == "missing":
+        return f"{key} is missing; it must be {allowed}"
+    value: Any = config
+    for part in path:
+        value = value[part]
+    return f"{key}={value!r} is not allowed; it must be {allowed}"
