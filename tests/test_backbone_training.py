@@ -91,7 +91,7 @@ def test_comparison_is_one_multirun_of_backbone_and_ufm_with_the_same_shape(tmp_
     assert result.returncode == 0, result.stderr
     configs = {name: yaml.safe_load((folder / name / ".hydra" / "config.yaml").read_text()) for name in SIDES}
     shapes = {
-        name: (config["model"]["num_classes"], config["data"]["samples_per_class"], config["model"]["feature_dim"])
+        name: (config["data"]["num_classes"], config["data"]["samples_per_class"], config["model"]["feature_dim"])
         for name, config in configs.items()
     }
     assert shapes == {"backbone": (3, 6, 4), "ufm": (3, 6, 4)}

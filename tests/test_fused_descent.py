@@ -10,11 +10,11 @@ import pytest
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
-from ufm_torch import fused_descent
 from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import UFMDataModule, class_major_labels
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.training import fused_descent
 from ufm_torch.training.fused_descent import closed_form_steps, plain_gradient_descent_rate
 from ufm_torch.training.losses import sum_squared_error
 from ufm_torch.training.module import CollapseModule

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 import ufm_torch
 import ufm_torch.conf
@@ -100,7 +102,10 @@ def test_every_option_of_every_config_group_composes(group: str, option: str) ->
     choice = f"[{option}]" if group == "callbacks" else option
     overrides = [f"{'' if group in primary else '+'}{group}={choice}", "run_dir=unused"]
     with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
     if group in ("experiment", "compare_digits", "optimizer", "callbacks", "logger"):
         validate_config(cfg)

@@ -141,9 +141,8 @@ def write_run_report(run_dir: Path, tensorboard: bool = True) -> Report:
         table = write_summary(job.records, run_dir / RUN_SUMMARY_FILE)
         report.written.append(run_dir / RUN_SUMMARY_FILE)
         report.tables.append(f"Final errors per init scale ε ({run_dir / RUN_SUMMARY_FILE}):\n{table}")
-    pngs = {
-        name: save_figure(figure, run_dir / FIGURES_DIR / f"{name}.png", settings.dpi) for name, figure in figures.items()
-    }
+    pngs = {name: save_figure(figure, run_dir / FIGURES_DIR / f"{name}.png", settings.dpi) for name, figure in
+            figures.items()}
     report.written.extend(pngs.values())
     if tensorboard and (run_dir / TENSORBOARD_DIR).is_dir():
         final_step = max(int(record["step"]) for record in job.records)
