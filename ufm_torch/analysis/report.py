@@ -135,8 +135,8 @@ def write_run_report(run_dir: Path, tensorboard: bool = True) -> Report:
     settings = ReportSettings.of(job.config)
     max_steps = int(job.config["trainer"]["max_steps"])
     figures = {"collapse": collapse_figure({job.name: job.records}, {job.name: max_steps}, describe_shape(job.config))}
-    is_ufm = all(record.get("init_scale") is not None for record in job.records)
-    if settings.paper_figures and is_ufm:
+    has_init_scales = all(record.get("init_scale") is not None for record in job.records)
+    if settings.paper_figures and has_init_scales:
         figures |= paper_figures(job, settings)
         table = write_summary(job.records, run_dir / RUN_SUMMARY_FILE)
         report.written.append(run_dir / RUN_SUMMARY_FILE)

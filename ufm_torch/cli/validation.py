@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ufm_torch.cli.schema import TrainConfig, schema_error
 from ufm_torch.errors import ConfigError
-from ufm_torch.models import target_has_free_features
+from ufm_torch.models import default_loss_name, target_object
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -47,8 +47,8 @@ def check_schema(config: dict[str, Any]) -> None:
 
 def effective_loss(cfg: DictConfig) -> str:
     """``module.loss``, or the default for the configured network when it is null."""
-    free_features = target_has_free_features(str(OmegaConf.select(cfg, "model._target_", default="")))
-    return cfg.module.get("loss") or ("sum_squared" if free_features else "mean_squared")
+    network_factory = target_object(str(OmegaConf.select(cfg, "model._target_", default="")))
+    return cfg.module.get("loss") or default_loss_name(network_factory)
 
 
 def _bias_stability_limit(cfg: DictConfig) -> float | None:

@@ -22,7 +22,7 @@ from ufm_torch.metrics.accumulators import ClassStatisticsAccumulator, NearestCe
 from ufm_torch.metrics.collapse import collapse_metrics_with_statistics
 from ufm_torch.metrics.neural_collapse import nc_metrics_from_statistics
 from ufm_torch.metrics.strong_collapse import snc_metrics_from_statistics
-from ufm_torch.metrics.tags import metric_tag
+from ufm_torch.metrics.tags import HELDOUT_ACCURACY_TAG, LOSS_TAG, TRAIN_ACCURACY_TAG, metric_tag
 
 
 class NetworkMeasurement(NamedTuple):
@@ -132,9 +132,9 @@ def measure_backbone(pl_module: L.LightningModule, datamodule: L.LightningDataMo
         values, class_means = collapse_values(network, features, labels)
         logits = concatenate_over_processes(network.head(features))
         all_labels = concatenate_over_processes(labels)
-        values["train/loss"] = pl_module.loss_fn(logits, all_labels)
-        values["train/accuracy"] = (logits.argmax(dim=-1) == all_labels).to(torch.float64).mean()
-        values["heldout/accuracy"] = heldout_accuracy(network, datamodule.heldout_dataloader())
+        values[LOSS_TAG] = pl_module.loss_fn(logits, all_labels)
+        values[TRAIN_ACCURACY_TAG] = (logits.argmax(dim=-1) == all_labels).to(torch.float64).mean()
+        values[HELDOUT_ACCURACY_TAG] = heldout_accuracy(network, datamodule.heldout_dataloader())
     finally:
         network.train(was_training)
     values = {name: value.to(torch.float64).reshape(1) for name, value in values.items()}
@@ -156,7 +156,7 @@ def measure_free_features(pl_module: L.LightningModule, datamodule: L.LightningD
         logits = network.head(features)
     metrics, statistics = collapse_metrics_with_statistics(features, labels, weight, bias)
     values = {metric_tag(name): value for name, value in metrics.items()}
-    values["train/loss"] = pl_module.loss_fn(logits, labels).to(torch.float64)
-    values["train/accuracy"] = (logits.argmax(-1) == labels).to(torch.float64).mean(-1)
+    values[LOSS_TAG] = pl_module.loss_fn(logits, labels).to(torch.float64)
+    values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels).to(torch.float64).mean(-1)
     return NetworkMeasurement(values, statistics.means)
 

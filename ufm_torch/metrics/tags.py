@@ -14,8 +14,10 @@ STRONG_COLLAPSE = "strong_collapse"
 NC_TAGS = ("collapse/nc1", "collapse/nc2_etf", "collapse/nc3", "collapse/nc4")
 """The paper's four neural-collapse measures, in order (the other NC2 variants and ``nc1_quotient`` are logged too)."""
 SNC_TAGS = ("strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S")
-ACCURACY_TAGS = ("train/accuracy", "heldout/accuracy")
 LOSS_TAG = "train/loss"
+TRAIN_ACCURACY_TAG = "train/accuracy"
+HELDOUT_ACCURACY_TAG = "heldout/accuracy"
+ACCURACY_TAGS = (TRAIN_ACCURACY_TAG, HELDOUT_ACCURACY_TAG)
 GRAM_IMAGE_TAG = "collapse/gram_vs_simplex_etf"
 
 

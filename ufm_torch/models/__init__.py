@@ -2,7 +2,7 @@
 
 from ufm_torch.models.backbones import MLP, Backbone, ConvNet, resnet18_small
 from ufm_torch.models.head import LinearHead
-from ufm_torch.models.kind import ReplicaIdentity, default_loss_name, has_free_features, target_has_free_features
+from ufm_torch.models.kind import ReplicaIdentity, default_loss_name, has_free_features, target_object
 from ufm_torch.models.ufm import UnconstrainedFeatures, expand_init_scales, replica_seeds
 
 __all__ = [
@@ -17,5 +17,5 @@ __all__ = [
     "has_free_features",
     "replica_seeds",
     "resnet18_small",
-    "target_has_free_features",
+    "target_object",
 ]

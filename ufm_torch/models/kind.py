@@ -3,7 +3,7 @@
 Every network of ufm-torch declares ``free_features`` (class attribute): True for the unconstrained features model,
 whose features are parameters (Mixon et al., Section 2), False for a backbone, whose features are a function of its
 inputs. The training module, the collapse monitor and the config checks ask this once, through
-:func:`has_free_features` (an instance) or :func:`target_has_free_features` (a config's ``_target_``).
+:func:`has_free_features` on a network, or on the class a config's ``_target_`` names (:func:`target_object`).
 """
 
 from __future__ import annotations
@@ -22,25 +22,24 @@ class ReplicaIdentity(NamedTuple):
     seed: int | None
 
 
-def has_free_features(network: nn.Module) -> bool:
-    """Whether ``network`` is an unconstrained features model (features are parameters)."""
+def has_free_features(network: nn.Module | object) -> bool:
+    """Whether ``network`` (a network, or the class or factory that builds one) is an unconstrained features model.
+
+    A factory function (``resnet18_small``) declares nothing and builds a backbone.
+    """
     return bool(getattr(network, "free_features", False))
 
 
-def target_has_free_features(target: str) -> bool:
-    """Whether the class or factory a config's ``_target_`` names builds an unconstrained features model.
-
-    A factory function (``resnet18_small``) declares nothing and builds a backbone; a ``_target_`` that cannot be
-    imported is a backbone here (instantiation reports it).
-    """
+def target_object(target: str) -> object | None:
+    """The class or factory a config's ``_target_`` names; None when it cannot be imported (instantiation reports
+    it)."""
     try:
-        built = get_object(target)
+        return get_object(target)
     except Exception:
-        return False
-    return bool(getattr(built, "free_features", False))
+        return None
 
 
-def default_loss_name(network: nn.Module) -> str:
+def default_loss_name(network: nn.Module | object) -> str:
     """The loss when ``module.loss`` is null: the paper's summed ½‖WH + b1ᵀ − Y‖²_F for the UFM (Mixon et al.,
     Section 2), the batch mean ½ mean_i ‖Wh_i + b − y_i‖² for backbones."""
     return "sum_squared" if has_free_features(network) else "mean_squared"

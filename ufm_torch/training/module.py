@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ufm_torch.metrics.tags import LOSS_TAG, TRAIN_ACCURACY_TAG
 from ufm_torch.models import default_loss_name, has_free_features
 from ufm_torch.training.fused_descent import closed_form_steps
 from ufm_torch.training.losses import LOSSES
@@ -88,8 +89,8 @@ class CollapseModule(L.LightningModule):
     def _log_and_sum(self, loss_per_replica: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
         """Log the mean loss and accuracy over replicas; return the loss summed over replicas."""
         accuracy = (logits.detach().argmax(dim=-1) == labels).to(logits.dtype).mean()
-        self.log("train/loss", loss_per_replica.detach().mean(), prog_bar=True)
-        self.log("train/accuracy", accuracy)
+        self.log(LOSS_TAG, loss_per_replica.detach().mean(), prog_bar=True)
+        self.log(TRAIN_ACCURACY_TAG, accuracy)
         return loss_per_replica.sum()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
