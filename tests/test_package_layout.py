@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,16 +23,41 @@ CONFIG_DIR = Path(ufm_torch.conf.__file__).parent
 UNITS = ("models", "data", "training", "metrics", "theory", "run_folder", "analysis", "cli", "callbacks", "conf")
 
 
+IMPORT_CHECK = (
+    "import importlib.util, ufm_torch.callbacks.collapse_monitor, ufm_torch.conf\n"
+    "print(importlib.util.find_spec('callbacks'), importlib.util.find_spec('conf'))\n"
+    "from hydra import compose, initialize_config_module\n"
+    "with initialize_config_module(config_module='ufm_torch.conf', version_base='1.3'):\n"
+    "    print(compose(config_name='train', overrides=['run_dir=x']).model._target_)\n"
+)
+EXPECTED = ["None", "None", "ufm_torch.models.UnconstrainedFeatures"]
+
+
 def test_installed_package_has_no_top_level_callbacks_or_conf(tmp_path: Path) -> None:
-    script = (
-        "import importlib.util, ufm_torch.callbacks.collapse_monitor, ufm_torch.conf\n"
-        "print(importlib.util.find_spec('callbacks'), importlib.util.find_spec('conf'))\n"
-        "from hydra import compose, initialize_config_module\n"
-        "with initialize_config_module(config_module='ufm_torch.conf', version_base='1.3'):\n"
-        "    print(compose(config_name='train', overrides=['run_dir=x']).model._target_)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["None", "None", "ufm_torch.models.UnconstrainedFeatures"]
+    result = subprocess.run([sys.executable, "-c", IMPORT_CHECK], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == EXPECTED
+
+
+def test_a_regular_wheel_holds_callbacks_and_configs_inside_the_package(tmp_path: Path) -> None:
+    repository = CONFIG_DIR.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(repository), "-w",
+         str(tmp_path / "wheel")], cwd=tmp_path, check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "site")
+    assert {name.split("/")[0] for name in names} == {"ufm_torch", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
+    assert "ufm_torch/conf/experiment/paper.yaml" in names and "ufm_torch/callbacks/collapse_monitor.py" in names
+    environment = os.environ | {"PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHECK + "print(ufm_torch.conf.__file__)"], cwd=tmp_path, capture_output=True,
+        text=True, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:3] == EXPECTED and result.stdout.split()[3].startswith(str(tmp_path / "site"))
 
 
 def unit_of(module: str) -> str | None:

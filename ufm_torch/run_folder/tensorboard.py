@@ -52,14 +52,15 @@ class RunWriter:
         name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.{next(_file_counter)}"
         self.path = log_dir / name
         self._records = RecordWriter(str(self.path))
-        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.write_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
-    def _write(self, event: Event) -> None:
+    def write_event(self, event: Event) -> None:
+        """Append ``event`` as one record."""
         self._records.write(event.SerializeToString())
 
     def add_summary(self, summary: Summary, step: int = 0, wall_time: float | None = None) -> None:
         """``summary`` as one event at ``step``, stamped ``wall_time`` (now by default)."""
-        self._write(Event(wall_time=time.time() if wall_time is None else wall_time, step=step, summary=summary))
+        self.write_event(Event(wall_time=time.time() if wall_time is None else wall_time, step=step, summary=summary))
 
     def flush(self) -> None:
         """Write the buffered events to disk (TensorBoard sees them)."""
@@ -80,10 +81,10 @@ def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[RunWriter]
 
 
 @functools.lru_cache(maxsize=16)
-def _scalar_summary(tags: tuple[str, ...]) -> Summary:
-    """A summary with one ``simple_value`` entry per tag, built once per tag list (every evaluation writes the same
-    tags); each event refills its values, and ``Event(summary=…)`` copies it."""
-    return Summary(value=[Summary.Value(tag=tag, simple_value=0.0) for tag in tags])
+def _scalar_event(tags: tuple[str, ...]) -> Event:
+    """An event whose summary has one ``simple_value`` entry per tag, built once per tag list (every evaluation writes
+    the same tags); each write refills its step, wall time and values in place and serialises it."""
+    return Event(summary=Summary(value=[Summary.Value(tag=tag, simple_value=0.0) for tag in tags]))
 
 
 def add_scalar_rows(
@@ -94,12 +95,12 @@ def add_scalar_rows(
 
     Rows beyond the last writer are not written; a row whose length differs from the tags' raises ``ValueError``.
     """
-    summary = _scalar_summary(tuple(tags))
-    wall_time = time.time()
+    event = _scalar_event(tuple(tags))
+    event.step, event.wall_time = step, time.time()
     for writer, row in zip(writers, rows, strict=False):
-        for entry, value in zip(summary.value, row, strict=True):
+        for entry, value in zip(event.summary.value, row, strict=True):
             entry.simple_value = value
-        writer.add_summary(summary, step, wall_time)
+        writer.write_event(event)
 
 
 def add_scalars_event(writer: RunWriter, values: dict[str, float], step: int) -> None:
