@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -40,9 +41,14 @@ def test_installed_package_has_no_top_level_callbacks_or_conf(tmp_path: Path) ->
 
 
 def test_a_regular_wheel_holds_callbacks_and_configs_inside_the_package(tmp_path: Path) -> None:
-    repository = CONFIG_DIR.parent
+    repository, source = CONFIG_DIR.parent, tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repository / name, source / name)
+    for folder in ("ufm_torch", "callbacks", "conf"):
+        shutil.copytree(repository / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(repository), "-w",
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w",
          str(tmp_path / "wheel")], cwd=tmp_path, check=True, capture_output=True,
     )  # fmt: skip
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
