@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,23 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from ufm_torch import conf
+from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.cli.overrides import check_group_choices, check_launcher_plugin
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError, DivergenceError
+from ufm_torch.run_folder.checkpoints import check_resume
 from ufm_torch.run_folder.status import RunStatus
 
 CONFIG_DIR = Path(conf.__file__).parent
 
 
-def build_and_fit(cfg: DictConfig) -> dict[str, Any]:
-    """Seed, instantiate every object named by ``cfg`` and train; returns the trainer's final logged metrics."""
+def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Seed, instantiate every object named by ``cfg``, check the checkpoint to resume from, call ``before_fit``
+    (nothing of the run folder is written before it), and train.
+
+    Returns the final metrics: those of the collapse monitor's last evaluation over the whole training set (mean
+    over replicas), or the trainer's last logged values when no monitor runs.
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
@@ -38,17 +47,36 @@ def build_and_fit(cfg: DictConfig) -> dict[str, Any]:
     module = instantiate(cfg.module, network=network, optimizer=instantiate(cfg.optimizer))
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
+    resume = check_resume(cfg.ckpt_path, Path(cfg.run_dir), module)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if before_fit is not None:
+        before_fit()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
+    monitor = next((callback for callback in callbacks if isinstance(callback, CollapseMonitor)), None)
+    if monitor is not None and monitor.last_records:
+        return final_evaluation(monitor.last_records)
     return {key: float(value) for key, value in trainer.callback_metrics.items()}
+
+
+def final_evaluation(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """``step`` and the mean over replicas of every metric of one evaluation's records (NaN-free means of finite
+    values; a metric with none is None)."""
+    tags = [key for key in records[0] if "/" in key]
+    means: dict[str, Any] = {"step": records[0]["step"]}
+    for tag in tags:
+        values = [float(record[tag]) for record in records if record.get(tag) is not None]
+        finite = [value for value in values if math.isfinite(value)]
+        means[tag] = sum(finite) / len(finite) if finite else None
+    return means
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ufm_torch.conf", config_name="train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Hydra task: one training run in its own run folder, its outcome recorded in ``status.json``.
 
-    A config mistake ends a single run with exit code 2 and one line on stderr (nothing is written); a
-    diverged run exits 3 with the step and value. In a multirun every outcome is recorded and the sweep goes on.
+    A config or checkpoint mistake found before training ends a single run with exit code 2 and one line on
+    stderr, and leaves the run folder as it was; a diverged run exits 3 with the step and value. In a multirun
+    every outcome is recorded and the sweep goes on.
     """
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     status = RunStatus(Path(cfg.run_dir))
@@ -56,9 +84,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         validate_config(cfg)
     except ConfigError as error:
         return _report_failure(status, "failed", error, exit_code=None if in_sweep else 2)
-    status.write("running")
     try:
-        metrics = build_and_fit(cfg)
+        metrics = build_and_fit(cfg, before_fit=lambda: status.write("running"))
     except DivergenceError as error:
         return _report_failure(status, "diverged", error, exit_code=None if in_sweep else 3)
     except SIGTERMException:
@@ -67,7 +94,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(f"ufm-train: {hint}", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
     except ConfigError as error:
-        status.write("failed", error=_one_line(error))
+        if status.written:
+            status.write("failed", error=_one_line(error))
         return _report_failure(status, "failed", error, exit_code=None if in_sweep else 2)
     except Exception as error:
         if not in_sweep:

@@ -8,15 +8,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-STATUS_FILE = "status.json"
+from ufm_torch.run_folder.layout import STATUS_FILE
 
 
 class RunStatus:
-    """Writes the status of one run atomically (temporary file, then rename) so a reader never sees half a file."""
+    """Writes the status of one run atomically (temporary file, then rename) so a reader never sees half a file.
+
+    ``written`` says whether this run has written it yet: a mistake found before training leaves a resumed run's
+    earlier status as it was.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / STATUS_FILE
         self.started = time.perf_counter()
+        self.written = False
 
     def write(self, status: str, error: str | None = None, **extra: Any) -> None:
         """Record ``status`` with the wall time since construction."""
@@ -25,6 +30,7 @@ class RunStatus:
         temporary = self.path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(temporary, self.path)
+        self.written = True
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
