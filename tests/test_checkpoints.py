@@ -1,4 +1,5 @@
-"""A bad ``ckpt_path`` ends before training with one line naming the file; a run's status holds its final evaluation."""
+"""A bad ``ckpt_path`` ends before training with one line naming the file; a finished run's ``last.ckpt`` and
+``status.json`` hold its final state and evaluation."""
 
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ def test_cli_refuses_a_bad_checkpoint_before_touching_the_run_folder(tmp_path: P
     first = run_ufm_train(f"hydra.run.dir={run}", "trainer.max_steps=20", "callbacks.progress.refresh_rate=0",
                           cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 20  # the final state, although no periodic checkpoint was due
     metrics = (run / "metrics.jsonl").read_bytes()
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x00" * 100)
