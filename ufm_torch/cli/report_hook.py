@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ class RunReport(Callback):
             print(report.describe())
 
     @staticmethod
-    def _draw(write: Any) -> Report | None:
+    def _draw(write: Callable[[], Report]) -> Report | None:
         """Run ``write``, print its tables; one warning line instead of a traceback if it fails."""
         try:
             report = write()
