@@ -128,7 +128,12 @@ def paper_figures(job: Job, settings: ReportSettings) -> dict[str, Figure]:
 def write_run_report(run_dir: Path, tensorboard: bool = True) -> Report:
     """The report of one run folder (module docstring); nothing is written for a run without records."""
     run_dir = Path(run_dir)
-    job = read_job(run_dir, run_dir.parent)
+    return draw_run_report(read_job(run_dir, run_dir.parent), tensorboard)
+
+
+def draw_run_report(job: Job, tensorboard: bool = True) -> Report:
+    """The report of a run already read back (:func:`write_run_report`)."""
+    run_dir = job.path
     report = Report(run_dir, statuses={str(job.status.get("status")): 1})
     if not job.records:
         return report
@@ -168,7 +173,7 @@ def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = F
     report = Report(sweep_dir, statuses=dict(Counter(str(job.status.get("status")) for job in jobs)))
     if runs:
         for job in jobs:
-            run_report = write_run_report(job.path, tensorboard)
+            run_report = draw_run_report(job, tensorboard)
             report.written += run_report.written
             report.tables += run_report.tables
     table = summary_table(jobs)
