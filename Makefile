@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint reproduce benchmark clean
+.PHONY: install test lint reproduce benchmark gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_large_ufm
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_monitor
+
+gpu-check: $(STAMP)
+	@$(BIN)/python -c "import torch; print('CUDA device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (the gpu tests skip, the benchmark times the CPU only)')"
+	$(BIN)/python -m pytest -m gpu -q
+	$(BIN)/python -m benchmarks.bench_gpu_crossover
+	$(BIN)/python -m benchmarks.bench_gpu_crossover --dtype float32
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/multiruns

@@ -32,12 +32,13 @@ def best_time(function: Callable[[], object], repeats: int = 3) -> float:
 
 
 def train_with_ufm_train(*overrides: str) -> float:
-    """Wall time of ``build_and_fit`` (Trainer, default callbacks and logger) for the composed config."""
+    """Wall time of ``build_and_fit`` (Trainer, default callbacks and logger) for the composed config, on the CPU
+    (the baselines are CPU code; ``bench_gpu_crossover.py`` compares devices)."""
     with (
         tempfile.TemporaryDirectory() as run_dir,
         initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"),
     ):
-        quiet = ["callbacks.progress.refresh_rate=0"]
+        quiet = ["callbacks.progress.refresh_rate=0", "trainer.accelerator=cpu"]
         cfg = compose(config_name="train", overrides=[f"run_dir={run_dir}", *quiet, *overrides])
         start = time.perf_counter()
         build_and_fit(cfg)

@@ -19,6 +19,7 @@ from ufm_torch.metrics.network import NetworkMeasurement, measure_backbone, meas
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.metrics.tags import GRAM_IMAGE_TAG
 from ufm_torch.models import has_free_features
+from ufm_torch.run_folder.event_files import truncate_tree
 from ufm_torch.run_folder.layout import METRICS_FILE
 from ufm_torch.run_folder.metrics_log import MetricsLog
 from ufm_torch.run_folder.names import replica_run_name
@@ -42,7 +43,9 @@ class CollapseMonitor(L.Callback):
     in ``output_dir`` (float64, one line per replica), to each TensorBoard replica run ``eps=<ε>/rep=<k>``
     under the TensorBoard logger's folder, and to any other logger with a ``/eps=<ε>/rep=<k>`` suffix.
     Gram-matrix images (first copy of each init scale) are added at ``gram_images`` evaluations spread over the
-    schedule.
+    schedule. The replica runs are flushed at least every ``TENSORBOARD_FLUSH_SECONDS`` and before each checkpoint;
+    on resume, the events that a killed run wrote after the checkpoint are dropped
+    (:mod:`ufm_torch.run_folder.event_files`), so TensorBoard holds the steps of ``metrics.jsonl``, each once.
     """
 
     def __init__(
@@ -81,12 +84,24 @@ class CollapseMonitor(L.Callback):
             names = [replica_run_name(replica.init_scale, replica.copy) for replica in network.replica_identities()]
             tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
             if tensorboard is not None:
+                if trainer.global_step > 0:
+                    truncate_tree(Path(tensorboard.log_dir), trainer.global_step)
                 self.writers = open_replica_writers(Path(tensorboard.log_dir), names)
         self._evaluate_if_due(trainer, pl_module, trainer.global_step, force=trainer.global_step == 0)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Evaluate when the step just taken is on the schedule."""
         self._evaluate_if_due(trainer, pl_module, trainer.global_step)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Flush the replica runs before a checkpoint is written: every evaluation in ``metrics.jsonl`` (flushed
+        as written) is then in TensorBoard too, even if the process is killed right after the checkpoint."""
+        self._flush()
+
+    def _flush(self) -> None:
+        for writer in self.writers:
+            writer.flush()
+        self.last_flush = time.monotonic()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """Close the log and the TensorBoard runs; what was written stays valid (no evaluation of a bad state)."""
@@ -104,6 +119,10 @@ class CollapseMonitor(L.Callback):
             writer.close()
         self.writers = []
         self.metrics_log.close()
+
+    def is_evaluation_step(self, step: int) -> bool:
+        """Whether ``step`` is on the evaluation schedule."""
+        return step in self.schedule
 
     def next_due_step(self, step: int) -> int | None:
         """The first scheduled evaluation after ``step`` (fused gradient steps stop there)."""
@@ -134,9 +153,7 @@ class CollapseMonitor(L.Callback):
         self.last_records = records
         add_scalar_rows(self.writers, names, table, step)
         if time.monotonic() - self.last_flush > TENSORBOARD_FLUSH_SECONDS:
-            for writer in self.writers:
-                writer.flush()
-            self.last_flush = time.monotonic()
+            self._flush()
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(

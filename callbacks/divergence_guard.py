@@ -1,4 +1,4 @@
-"""Stop training at the first non-finite loss or parameter, before it is evaluated or checkpointed."""
+"""Stop training at the first non-finite loss or parameter, before it is evaluated, logged or checkpointed."""
 
 from __future__ import annotations
 
@@ -6,39 +6,67 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import Tensor
 
 from ufm_torch.errors import DivergenceError
+from ufm_torch.training.step_boundaries import due_within
 
 
 class DivergenceGuard(L.Callback):
-    """Raises :class:`DivergenceError` when the batch's loss or any parameter is not finite.
+    """Raises :class:`DivergenceError` when a step's loss or, at a check, any parameter is not finite.
 
-    It runs before the collapse monitor (first in the callbacks config) and Lightning runs ``ModelCheckpoint``
-    after every other callback, so the last finite checkpoint and ``metrics.jsonl`` stay as they were. With fused
-    full-batch steps the check runs at the end of each block; the message then names the last step seen finite.
+    Whatever the order of the callbacks config, the guard moves itself to the front of ``trainer.callbacks`` at
+    ``setup`` (Lightning calls hooks in that list's order and runs ``ModelCheckpoint`` last), so its
+    ``on_train_batch_end`` runs before any other callback's: a diverged state is never evaluated, logged or
+    checkpointed, and ``metrics.jsonl`` and the last checkpoint keep the last finite state checked.
+
+    Each step only folds ``isfinite(loss)`` into a flag on the device (no host sync). The flag and the parameters
+    are read at a check: at least every ``check_every_n_steps`` steps, and at every step at which another callback
+    acts (``next_due_step``: evaluations, training curves, checkpoints) and the last step. With fused UFM blocks
+    that is every block end k or more steps after the last check. Under DDP every process checks at the same steps
+    and ``strategy.reduce_boolean_decision`` makes them agree, so all stop together.
     """
 
-    def __init__(self, check_every_n_steps: int = 1) -> None:
+    def __init__(self, check_every_n_steps: int = 50) -> None:
         super().__init__()
         self.check_every_n_steps = check_every_n_steps
         self.last_finite_step = 0
+        self.finite_losses: Tensor | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Move this guard to the front of ``trainer.callbacks`` (the callbacks already called stay called)."""
+        trainer.callbacks.remove(self)
+        trainer.callbacks.insert(0, self)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start counting from the (resumed) step."""
+        self.last_finite_step = trainer.global_step
+        self.finite_losses = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Check the loss returned by ``training_step`` and the parameters after the update."""
+        """Fold this step's loss into the flag; check when a check is due."""
         step = trainer.global_step
-        if step % self.check_every_n_steps:
-            return
         loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
-        finite = torch.isfinite(loss).all()
+        step_finite = torch.isfinite(loss).all()
+        self.finite_losses = step_finite if self.finite_losses is None else self.finite_losses & step_finite
+        due = step - self.last_finite_step >= self.check_every_n_steps
+        if due or due_within(trainer, self.last_finite_step, step, exclude=self):
+            self.check(trainer, pl_module, step, float(loss.sum()) if loss.numel() else float("nan"))
+
+    def check(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, loss: float) -> None:
+        """Raise :class:`DivergenceError` unless every loss since the last check and every parameter is finite on
+        every process."""
+        finite = self.finite_losses if self.finite_losses is not None else torch.tensor(True)
         for parameter in pl_module.parameters():
             finite = finite & torch.isfinite(parameter).all()
-        if bool(finite):
+        self.finite_losses = None
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
             self.last_finite_step = step
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         raise DivergenceError(
-            f"training diverged at step {step} (last finite state: step {self.last_finite_step}): "
-            f"loss = {float(loss.sum()):.6g}; lower optimizer.lr (now {lr:g})"
+            f"training diverged at step {step} (last finite state checked: step {self.last_finite_step}): "
+            f"loss = {loss:.6g}; lower optimizer.lr (now {lr:g})"
         )

@@ -12,7 +12,7 @@ class InterruptCheckpoint(L.Callback):
     """On SIGTERM (Lightning stops between batches) or KeyboardInterrupt, write ``<dirpath>/last.ckpt``.
 
     The state is consistent: Lightning raises the interruption after a batch has finished. The file is written
-    through the trainer's checkpoint IO (atomic with :class:`ufm_torch.checkpoint_io.AtomicCheckpointIO`).
+    through the trainer's checkpoint IO (Lightning serialises the whole checkpoint before it opens the file).
     A SIGKILL cannot be caught; the periodic checkpoints cover it.
     """
 

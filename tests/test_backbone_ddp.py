@@ -32,6 +32,7 @@ def test_ddp_spawn_metrics_equal_single_process_metrics_on_the_same_weights(tmp_
     result = run_ufm_train(
         *SETTINGS,
         "trainer=ddp_cpu",
+        "trainer.precision=64-true",  # float64 like the single-process measurement below (backbones default to 32-true)
         "trainer.max_steps=20",
         "callbacks.checkpoint.every_n_train_steps=20",
         "callbacks.progress.refresh_rate=0",

@@ -28,9 +28,9 @@ OPTIMIZERS = {
 
 
 def autograd_trajectory(model: UnconstrainedFeatures, optimizer_factory, steps: int) -> UnconstrainedFeatures:
-    """Plain PyTorch loop: autograd gradient of the summed loss, one optimiser step at a time."""
-    labels = class_major_labels(model.num_classes, model.samples_per_class)
-    indices = torch.arange(labels.numel())
+    """Plain PyTorch loop on the model's device: autograd gradient of the summed loss, one optimiser step at a time."""
+    labels = class_major_labels(model.num_classes, model.samples_per_class).to(model.features.device)
+    indices = torch.arange(labels.numel(), device=labels.device)
     optimizer = optimizer_factory(model.parameters())
     for _ in range(steps):
         optimizer.zero_grad()
@@ -39,11 +39,14 @@ def autograd_trajectory(model: UnconstrainedFeatures, optimizer_factory, steps: 
     return model
 
 
-def fused_trajectory(model: UnconstrainedFeatures, optimizer_factory, steps: int, tmp_path: Path) -> L.Trainer:
-    """The same run through the Trainer and the fused closed-form path."""
+def fused_trajectory(
+    model: UnconstrainedFeatures, optimizer_factory, steps: int, tmp_path: Path, accelerator: str = "cpu"
+) -> L.Trainer:
+    """The same run through the Trainer (on one device of ``accelerator``) and the fused closed-form path."""
     trainer = L.Trainer(
         max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, precision="64-true", default_root_dir=tmp_path,
+        enable_model_summary=False, precision="64-true", default_root_dir=tmp_path, accelerator=accelerator,
+        devices=1,
     )
     module = CollapseModule(model, optimizer_factory, fused_steps=64)
     trainer.fit(module, datamodule=UFMDataModule(model.num_classes, model.samples_per_class))

@@ -40,7 +40,7 @@ def random_batches(num_samples: int, seed: int) -> list[torch.Tensor]:
 def accumulate(features, labels, batches, **kwargs) -> ClassStatisticsAccumulator:
     accumulator = ClassStatisticsAccumulator(
         int(labels.max()) + 1, features.shape[-1], replica_shape=tuple(features.shape[:-2]), **kwargs
-    )
+    ).to(features.device)
     for batch in batches:
         accumulator.update(features[..., batch, :], labels[batch])
     return accumulator
@@ -48,7 +48,7 @@ def accumulate(features, labels, batches, **kwargs) -> ClassStatisticsAccumulato
 
 def streamed_metrics(accumulator, features, labels, weight, bias, batches) -> dict[str, torch.Tensor]:
     statistics = accumulator.compute()
-    mismatch = NearestCenterMismatch(replica_shape=tuple(features.shape[:-2]))
+    mismatch = NearestCenterMismatch(replica_shape=tuple(features.shape[:-2])).to(features.device)
     for batch in batches:
         mismatch.update(features[..., batch, :], weight, bias, statistics.means)
     values = nc_metrics_from_statistics(statistics, weight, bias) | {"nc4": mismatch.compute()}

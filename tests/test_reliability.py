@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import UFM_TRAIN, run_ufm_train
+from ufm_torch.run_folder.names import replica_run_name
 
 SLOW_RUN = [
-    "trainer.max_steps=4000",
+    "trainer.max_steps=3700",   # not a multiple of the checkpoint interval
     "module.fused_steps=1",
     "callbacks.checkpoint.every_n_train_steps=500",
     "callbacks.progress.refresh_rate=0",
@@ -28,12 +30,25 @@ SLOW_RUN = [
 def final_parameters(run: Path) -> dict[str, torch.Tensor]:
     """Parameters stored in the run's last checkpoint."""
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] == 4000
+    assert checkpoint["global_step"] == 3700
     return checkpoint["state_dict"]
+
+
+def tensorboard_steps(run_dir: Path) -> dict[str, list[int]]:
+    """Per TensorBoard run (relative folder), the steps of its ``train/loss`` scalar, in file order."""
+    steps = {}
+    for folder in sorted({path.parent for path in (run_dir / "tb").rglob("events.out.tfevents.*")}):
+        accumulator = EventAccumulator(str(folder), purge_orphaned_data=False)
+        accumulator.Reload()
+        if "train/loss" in accumulator.Tags()["scalars"]:
+            steps[folder.relative_to(run_dir / "tb").as_posix()] = [e.step for e in accumulator.Scalars("train/loss")]
+    return steps
 
 
 @pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, kill_signal: signal.Signals) -> None:
+    """Killed after its third checkpoint (once it has gone on past it), resumed: the same checkpoints, bit-identical
+    parameters, the same metrics.jsonl, and TensorBoard runs holding each logged step once, as uninterrupted."""
     reference = run_ufm_train(*SLOW_RUN, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
     run = tmp_path / "interrupted"
@@ -42,9 +57,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, kill_sig
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     deadline = time.monotonic() + 120
-    while not list((run / "checkpoints").glob("step=*.ckpt")) and time.monotonic() < deadline:
+    while not (run / "checkpoints" / "step=1500.ckpt").exists() and time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.02)
+        time.sleep(0.01)
+    time.sleep(0.3)
     process.send_signal(kill_signal)
     process.wait(timeout=60)
     assert process.returncode != 0
@@ -54,7 +70,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, kill_sig
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
-    assert (run / "metrics.jsonl").read_text() == (tmp_path / "reference" / "metrics.jsonl").read_text()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step=3500.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "reference" / "checkpoints").iterdir()) == ["last.ckpt", "step=3500.ckpt"]
+    metrics = (run / "metrics.jsonl").read_text()
+    assert metrics == (tmp_path / "reference" / "metrics.jsonl").read_text()
+    jsonl_steps: dict[str, list[int]] = {}
+    for record in map(json.loads, metrics.splitlines()):
+        jsonl_steps.setdefault(replica_run_name(record["init_scale"], record["copy"]), []).append(record["step"])
+    resumed_steps = tensorboard_steps(run)
+    assert {name: steps for name, steps in resumed_steps.items() if "/rep=" in name} == jsonl_steps
+    assert resumed_steps == tensorboard_steps(tmp_path / "reference")
 
 
 def test_same_config_and_seed_reproduce_metrics_exactly(tmp_path: Path) -> None:

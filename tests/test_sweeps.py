@@ -16,7 +16,7 @@ from tests.conftest import run_ufm_train
 from ufm_torch.analysis.records import final_records
 from ufm_torch.analysis.sweep_table import format_summary_csv, summary_table, swept_keys
 from ufm_torch.cli import train
-from ufm_torch.cli.overrides import check_launcher_plugin, plugin_installed
+from ufm_torch.cli.overrides import check_plugins, plugin_installed
 from ufm_torch.errors import ConfigError
 from ufm_torch.run_folder.jobs import Job
 
@@ -115,7 +115,7 @@ def test_failed_and_diverged_jobs_are_summarised_beside_the_finished_one(tmp_pat
 def test_a_missing_launcher_plugin_is_one_line_naming_the_sweeps_extra(monkeypatch, capsys) -> None:
     monkeypatch.setattr("ufm_torch.cli.overrides.plugin_installed", lambda module: False)
     with pytest.raises(ConfigError, match=r"pip install 'ufm-torch\[sweeps\]'"):
-        check_launcher_plugin(["-m", "hydra/launcher=joblib"])
+        check_plugins(["-m", "hydra/launcher=joblib"])
     monkeypatch.setattr(sys, "argv", ["ufm-train", "-m", "hydra/launcher=submitit_slurm"])
     with pytest.raises(SystemExit) as exit_info:
         train.main()
@@ -125,7 +125,7 @@ def test_a_missing_launcher_plugin_is_one_line_naming_the_sweeps_extra(monkeypat
 
 
 def test_basic_launcher_and_plain_overrides_pass_the_plugin_check() -> None:
-    check_launcher_plugin(["-m", "hydra/launcher=basic", "optimizer=adam", "model.init_scale=1e-3,1e-2"])
+    check_plugins(["-m", "hydra/launcher=basic", "optimizer=adam", "model.init_scale=1e-3,1e-2"])
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ A run's report (``report`` node of its config):
   replicas), for every run;
 - with ``report.paper_figures``: Mixon et al.'s Figures 1 and 2 and the ε-scaling figure (``figures/figure1.png``,
   ``figure2.png``, ``scaling.png``) and ``summary.csv`` (:mod:`ufm_torch.analysis.summary`), for UFM runs;
-- the figures as images in the TensorBoard run ``tb/figures``.
+- the figures as images in the TensorBoard run ``tb/figures``, with a text panel ``report/overview``: the command
+  line, the outcome and the final metrics table (:mod:`ufm_torch.analysis.run_overview`).
 
 A sweep's report: ``sweep_summary.csv`` (one row per job and replica), the sweep figures and TensorBoard HPARAMS
 (:mod:`ufm_torch.analysis.sweep_figures`), and with ``report.comparison`` the jobs side by side in
@@ -36,6 +37,7 @@ from ufm_torch.analysis.paper_figures import (
     scaling_figure,
     snc3_theory_curves,
 )
+from ufm_torch.analysis.run_overview import OVERVIEW_TAG, run_overview
 from ufm_torch.analysis.summary import write_summary
 from ufm_torch.analysis.sweep_figures import draw_sweep_figures
 from ufm_torch.analysis.sweep_hparams import write_sweep_hparams
@@ -152,7 +154,8 @@ def draw_run_report(job: Job, tensorboard: bool = True) -> Report:
     if tensorboard and (run_dir / TENSORBOARD_DIR).is_dir():
         final_step = max(int(record["step"]) for record in job.records)
         images = {f"{'report' if name == 'collapse' else 'paper'}/{name}": path for name, path in pngs.items()}
-        write_figure_images(run_dir / TENSORBOARD_DIR / TENSORBOARD_FIGURES_RUN, images, final_step)
+        texts = {OVERVIEW_TAG: run_overview(job)}
+        write_figure_images(run_dir / TENSORBOARD_DIR / TENSORBOARD_FIGURES_RUN, images, final_step, texts)
     if not settings.print_summary:
         report.tables.clear()
     return report

@@ -1,8 +1,12 @@
 """Checks on the command-line overrides before Hydra starts, read with Hydra's own override parser.
 
-A config-group override must name options that exist under ``conf/<group>/``; a ``hydra/launcher=…`` override
-must name a launcher whose plugin is installed. An override the parser cannot read is left to Hydra, which reports
-it with its own message.
+A config-group override must name options that exist under ``conf/<group>/``; a ``hydra/launcher=…`` or
+``hydra/sweeper=…`` override must name a plugin that is installed; an ``interval()`` sweep needs a sweeper that
+samples (Optuna, Nevergrad), since the basic sweeper runs grids only. An override the parser cannot read is left to
+Hydra, which reports it with its own message.
+
+The grammar is Hydra's: ``key=a,b``, ``choice(a,b)``, ``range(start,stop[,step])``, ``glob(pattern,exclude=…)``
+(config groups), ``interval(low,high)`` (sampling sweepers), ``tag()``, ``sort()``, ``shuffle()`` and lists.
 """
 
 from __future__ import annotations
@@ -24,6 +28,14 @@ LAUNCHER_PLUGINS = {
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
     "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
 }
+SWEEPER_PLUGINS = {
+    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+    "nevergrad": ("hydra_plugins.hydra_nevergrad_sweeper", "hydra-nevergrad-sweeper"),
+}
+SAMPLING_SWEEPERS = (
+    "hydra/sweeper=optuna (pip install hydra-optuna-sweeper) or hydra/sweeper=nevergrad "
+    "(pip install hydra-nevergrad-sweeper)"
+)
 
 
 def parse_overrides(arguments: list[str]) -> Iterator[Override]:
@@ -106,16 +118,37 @@ def plugin_installed(module: str) -> bool:
         return False
 
 
-def check_launcher_plugin(overrides: list[str]) -> None:
-    """Raise :class:`ConfigError` (one line naming the install command) for a launcher whose plugin is missing."""
-    for override in parse_overrides(overrides):
-        if override.key_or_group != "hydra/launcher":
-            continue
-        for launcher in selected_options(override, sorted(LAUNCHER_PLUGINS)):
-            if launcher not in LAUNCHER_PLUGINS:
-                continue
-            module, package = LAUNCHER_PLUGINS[launcher]
-            if not plugin_installed(module):
-                raise ConfigError(
-                    f"hydra/launcher={launcher} needs the {package} plugin; install it with {SWEEPS_EXTRA}"
-                )
+def check_plugins(overrides: list[str]) -> None:
+    """Raise :class:`ConfigError` (one line) when the overrides need a Hydra plugin that is missing or a sweep the
+    sweeper cannot run: a launcher or sweeper whose plugin is not installed (the line names the install command),
+    a ``range()`` with no value (it would launch no job), or an ``interval()`` under the basic sweeper."""
+    parsed = list(parse_overrides(overrides))
+    sweeper = "basic"
+    for override in parsed:
+        if isinstance(override.value(), RangeSweep) and not list(override.value().range()):
+            raise ConfigError(f"{override.key_or_group}={value_text(override)} gives no value, so no job would run")
+        if override.key_or_group == "hydra/launcher":
+            for launcher in selected_options(override, sorted(LAUNCHER_PLUGINS)):
+                check_plugin_installed("launcher", launcher, LAUNCHER_PLUGINS, SWEEPS_EXTRA)
+        if override.key_or_group == "hydra/sweeper":
+            for sweeper in selected_options(override, sorted(SWEEPER_PLUGINS)):
+                check_plugin_installed("sweeper", sweeper, SWEEPER_PLUGINS, None)
+    if sweeper != "basic":
+        return
+    for override in parsed:
+        if isinstance(override.value(), IntervalSweep):
+            raise ConfigError(
+                f"{override.key_or_group}={value_text(override)}: the basic sweeper does not take interval(), it "
+                f"runs grids (a,b, choice(), range(), glob()); a sampling sweeper does: {SAMPLING_SWEEPERS}"
+            )
+
+
+def check_plugin_installed(kind: str, name: str, plugins: dict[str, tuple[str, str]], extra: str | None) -> None:
+    """Raise :class:`ConfigError` naming the package to install when the plugin of ``hydra/<kind>=<name>`` is
+    missing; a name without a known plugin (Hydra's own, a typo) is left to Hydra."""
+    if name not in plugins:
+        return
+    module, package = plugins[name]
+    if not plugin_installed(module):
+        install = extra or f"pip install {package}"
+        raise ConfigError(f"hydra/{kind}={name} needs the {package} plugin; install it with {install}")

@@ -15,8 +15,7 @@ from pydantic_core import ErrorDetails
 
 from ufm_torch.models.backbones import ACTIVATIONS
 from ufm_torch.training.losses import LOSSES
-
-PRECISIONS = ("16-mixed", "16-true", "32", "32-true", "64", "64-true", "bf16-mixed", "bf16-true")
+from ufm_torch.training.precision import PRECISIONS
 
 Real = Annotated[FiniteFloat, Strict()]
 PositiveReal = Annotated[Real, Field(gt=0)]
@@ -90,7 +89,7 @@ class TrainerConfig(Section):
     """``trainer``: Lightning Trainer keys; ``max_steps`` is required."""
 
     max_steps: StrictInt = Field(ge=1, description=AN_INT_AT_LEAST_1)
-    precision: Precision = absent_or(f"one of {', '.join(PRECISIONS)}")
+    precision: Precision | None = absent_or(f"null (the precision policy decides) or one of {', '.join(PRECISIONS)}")
 
 
 class ModuleConfig(Section):

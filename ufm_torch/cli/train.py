@@ -15,7 +15,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -23,11 +23,12 @@ from omegaconf import DictConfig
 
 from ufm_torch import conf
 from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
-from ufm_torch.cli.overrides import check_group_choices, check_launcher_plugin
+from ufm_torch.cli.overrides import check_group_choices, check_plugins
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError, DivergenceError
 from ufm_torch.run_folder.checkpoints import check_resume
 from ufm_torch.run_folder.status import RunStatus
+from ufm_torch.training.precision import resolve_precision
 
 CONFIG_DIR = Path(conf.__file__).parent
 
@@ -48,7 +49,7 @@ def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     resume = check_resume(cfg.ckpt_path, Path(cfg.run_dir), module)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg))
     if before_fit is not None:
         before_fit()
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
@@ -71,13 +72,27 @@ def final_evaluation(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ufm_torch.conf", config_name="train")
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig) -> dict[str, Any] | float:
     """Hydra task: one training run in its own run folder, its outcome recorded in ``status.json``.
 
     A config or checkpoint mistake found before training ends a single run with exit code 2 and one line on
     stderr, and leaves the run folder as it was; a diverged run exits 3 with the step and value. In a multirun
-    every outcome is recorded and the sweep goes on.
+    every outcome is recorded and the sweep goes on. Returns the final metrics, or with ``objective`` set the final
+    value of that metric as a float (NaN for a failed or diverged job), which sampling sweepers optimise.
     """
+    return job_value(cfg.get("objective"), run_job(cfg))
+
+
+def job_value(objective: str | None, metrics: dict[str, Any]) -> dict[str, Any] | float:
+    """``metrics``, or ``metrics[objective]`` as a float when an objective is named (NaN when it is missing)."""
+    if objective is None:
+        return metrics
+    value = metrics.get(objective)
+    return float("nan") if value is None else float(value)
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """Validate, train and record one job (see :func:`train`); returns its final metrics or ``{"status": ...}``."""
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     status = RunStatus(Path(cfg.run_dir))
     try:
@@ -128,17 +143,17 @@ def _report_failure(status: RunStatus, outcome: str, error: BaseException, exit_
 
 
 def main() -> None:
-    """Console script: every config mistake (unknown group option or key, unparsable override, missing launcher
-    plugin, out-of-range value) ends with exit code 2 and one line on stderr; then Hydra runs the task."""
+    """Console script: every config mistake (unknown group option or key, unparsable override, missing launcher or
+    sweeper plugin, a sweep the sweeper cannot run, out-of-range value) ends with exit code 2 and one line on stderr;
+    then Hydra runs the task."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         check_group_choices(sys.argv[1:], CONFIG_DIR)
-        check_launcher_plugin(sys.argv[1:])
+        check_plugins(sys.argv[1:])
         train()
-    except (ConfigError, ConfigCompositionException, OverrideParseException, MissingConfigException) as error:
+    except (ConfigError, HydraException) as error:
         print(f"ufm-train: error: {_composition_message(error)}", file=sys.stderr)
         sys.exit(2)
 

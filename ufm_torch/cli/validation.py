@@ -1,7 +1,8 @@
 """Checks on the composed config, run before anything is built: one readable line per mistake.
 
 Each key's type and range is the typed schema's (:mod:`ufm_torch.cli.schema`); the rules that tie keys together
-(the stable SGD step size, the rank needed for strong collapse) are written out here.
+(the stable SGD step size, the rank needed for strong collapse) are written out here, except the precision
+policy's (:mod:`ufm_torch.training.precision`, shared with the Trainer's construction).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pydantic import ValidationError
 
 from ufm_torch.cli.schema import TrainConfig, schema_error
 from ufm_torch.errors import ConfigError
+from ufm_torch.metrics.tags import scalar_tags
 from ufm_torch.models import default_loss_name, target_object
+from ufm_torch.training.precision import resolve_precision
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -71,6 +74,10 @@ def _bias_stability_limit(cfg: DictConfig) -> float | None:
 def validate_config(cfg: DictConfig) -> None:
     """Check every user-facing key; raise :class:`ConfigError` on the first mistake, warn on hopeless settings."""
     check_schema(resolved_config(cfg))
+    objective = cfg.get("objective")
+    if objective is not None and objective not in scalar_tags():
+        raise ConfigError(f"objective={objective} is not a metric tag; use null or one of {', '.join(scalar_tags())}")
+    resolve_precision(cfg)
     limit = _bias_stability_limit(cfg)
     if limit is not None and cfg.optimizer.lr >= limit and not cfg.allow_unstable:
         raise ConfigError(

@@ -100,6 +100,13 @@ def collapse_values(network: nn.Module, features: Tensor, labels: Tensor) -> tup
     return {metric_tag(name): value for name, value in values.items()}, statistics.means
 
 
+def float64_logits(head: nn.Module, features: Tensor) -> Tensor:
+    """The logits ``head(features)`` computed in float64 (the head's parameters and ``features`` cast), so that the
+    monitor's loss and accuracy are float64 whatever the training precision (a bf16 network gives bf16 features)."""
+    parameters = {name: parameter.to(torch.float64) for name, parameter in head.named_parameters()}
+    return torch.func.functional_call(head, parameters, (features.to(torch.float64),))
+
+
 def heldout_accuracy(network: nn.Module, loader: DataLoader) -> Tensor:
     """Fraction of held-out samples (all processes) whose largest logit is their label; NaN without samples."""
     parameter = next(network.parameters())
@@ -118,7 +125,8 @@ def measure_backbone(pl_module: L.LightningModule, datamodule: L.LightningDataMo
 
     Keys as for the UFM (``collapse/<nc name>``, ``strong_collapse/<snc name>``, ``train/loss``,
     ``train/accuracy``) plus ``heldout/accuracy``. The network runs in eval mode (BatchNorm uses rank 0's
-    running statistics) with inputs cast to its parameters' dtype, once over
+    running statistics) with inputs cast to its parameters' dtype; the metrics, loss and accuracy are computed in
+    float64 from its features. It runs once over
     ``trainer.datamodule.train_eval_dataloader()`` and once over ``heldout_dataloader()``, each process on
     its own shard; train mode is restored afterwards. ``train/loss`` is the module's loss of the whole
     training set. Every DDP process must call this (the reductions are collective).
@@ -130,7 +138,7 @@ def measure_backbone(pl_module: L.LightningModule, datamodule: L.LightningDataMo
         synchronise_buffers(network)
         features, labels = training_set_features(network, datamodule.train_eval_dataloader())
         values, class_means = collapse_values(network, features, labels)
-        logits = concatenate_over_processes(network.head(features))
+        logits = concatenate_over_processes(float64_logits(network.head, features))
         all_labels = concatenate_over_processes(labels)
         values[LOSS_TAG] = pl_module.loss_fn(logits, all_labels)
         values[TRAIN_ACCURACY_TAG] = (logits.argmax(dim=-1) == all_labels).to(torch.float64).mean()

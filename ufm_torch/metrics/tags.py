@@ -6,6 +6,7 @@ SNC1–SNC3 and the distance to S (Mixon et al., Figures 1 and 2), ``train/`` an
 
 from __future__ import annotations
 
+from ufm_torch.metrics.neural_collapse import NC_METRIC_NAMES
 from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES
 
 COLLAPSE = "collapse"
@@ -19,6 +20,11 @@ TRAIN_ACCURACY_TAG = "train/accuracy"
 HELDOUT_ACCURACY_TAG = "heldout/accuracy"
 ACCURACY_TAGS = (TRAIN_ACCURACY_TAG, HELDOUT_ACCURACY_TAG)
 GRAM_IMAGE_TAG = "collapse/gram_vs_simplex_etf"
+
+
+def scalar_tags() -> tuple[str, ...]:
+    """Every scalar metric tag a run can log: each NC and SNC metric, the losses and accuracies."""
+    return (*(metric_tag(name) for name in (*NC_METRIC_NAMES, *SNC_METRIC_NAMES)), LOSS_TAG, *ACCURACY_TAGS)
 
 
 def metric_tag(name: str) -> str:

@@ -47,13 +47,18 @@ def find_job_dirs(root: Path) -> list[Path]:
     return sorted(found, key=lambda path: natural_key(path.relative_to(root).as_posix()))
 
 
-def read_overrides(job_dir: Path) -> dict[str, str]:
-    """The job's command-line and sweeper overrides as ``{key: value as written}`` (``+``/``~`` dropped)."""
+def read_override_list(job_dir: Path) -> list[str]:
+    """The job's command-line and sweeper overrides as written (``+``/``~`` kept), in order; [] without the file."""
     path = Path(job_dir) / OVERRIDES_FILE
     entries = yaml.safe_load(path.read_text()) if path.exists() else None
+    return [str(entry) for entry in entries or []]
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    """The job's command-line and sweeper overrides as ``{key: value as written}`` (``+``/``~`` dropped)."""
     overrides: dict[str, str] = {}
-    for entry in entries or []:
-        key, _, value = str(entry).partition("=")
+    for entry in read_override_list(job_dir):
+        key, _, value = entry.partition("=")
         overrides[key.lstrip("+~")] = value
     return overrides
 

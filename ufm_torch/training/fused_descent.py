@@ -8,8 +8,11 @@ On small problems, where each tensor operation costs its launch rather than its 
 the bias folded into the weights: ``F̂ = [F, 1]``, ``Ŵ = [W, b]``, so that a step is three batched products and two
 cheap updates (``A = F̂Ŵᵀ − Y``, ``[∇_W, ∇_b] = AᵀF̂``, ``F̂ ← F̂ − η·AŴ`` with the ones column reset,
 ``Ŵ ← Ŵ − η[∇_W, ∇_b]``) instead of seven operations; the parameters receive the copies at the end of the block.
-Any other optimiser receives the closed-form gradients in ``.grad`` and takes its own step, so its state stays the
-one a checkpoint expects.
+Any other optimiser (and plain descent when a hook must run at every ``on_before_optimizer_step``) receives the
+closed-form gradients in ``.grad`` and takes its step through the public ``LightningOptimizer.step``, so the
+precision plugin and every hook see it and its state stays the one a checkpoint expects. The steps of plain descent
+are counted by :func:`ufm_torch.training.lightning_steps.count_fused_steps`, the package's one adapter to Lightning's
+step counting.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.training.lightning_steps import count_fused_steps
 from ufm_torch.training.objective import one_hot_targets
 
 FOLDED_BIAS_LIMIT = 2**20
@@ -42,6 +46,7 @@ def closed_form_steps(
     optimizer: LightningOptimizer,
     steps: int,
     logits: Tensor | None = None,
+    through_optimizer: bool = False,
 ) -> Tensor:
     """Take ``steps ≥ 1`` full-batch steps; return the logits ``Wh_i + b`` of the state they leave, ``(R, n, C)``.
 
@@ -49,21 +54,24 @@ def closed_form_steps(
     collapse monitor reuses the logits). ``row_labels[i]`` is the label of row ``i`` of ``network.features``.
     ``logits``, if given, must be those of the present state: plain descent on a large problem and the other
     optimisers start from them instead of a product, and overwrite them. Each step is counted by the trainer
-    (``global_step``) exactly as a ``LightningOptimizer.step`` would count it.
+    (``global_step``) exactly as a ``LightningOptimizer.step`` would count it. ``through_optimizer`` sends plain
+    descent through ``optimizer.step()`` as well (for hooks that must see every optimiser step).
     """
     targets = one_hot_targets(row_labels, network.num_classes, network.features.dtype)
-    step_size = plain_gradient_descent_rate(optimizer.optimizer)
-    if step_size is not None and network.features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
-        return folded_bias_descent(network, targets, optimizer, steps, step_size)
-    logits = network.head(network.features) if logits is None else logits
+    step_size = None if through_optimizer else plain_gradient_descent_rate(optimizer.optimizer)
     if step_size is None:
+        logits = network.head(network.features) if logits is None else logits
         return optimizer_steps(network, targets, optimizer, steps, logits)
-    return in_place_descent(network, targets, optimizer, steps, step_size, logits)
+    if network.features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
+        logits = folded_bias_descent(network, targets, steps, step_size)
+    else:
+        logits = network.head(network.features) if logits is None else logits
+        logits = in_place_descent(network, targets, steps, step_size, logits)
+    count_fused_steps(optimizer, steps)
+    return logits
 
 
-def folded_bias_descent(
-    network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, step_size: float
-) -> Tensor:
+def folded_bias_descent(network: UnconstrainedFeatures, targets: Tensor, steps: int, step_size: float) -> Tensor:
     """Plain descent on ``F̂ = [F, 1]``, ``Ŵ = [W, b]`` (module docstring); returns the final logits ``F̂Ŵᵀ``."""
     features, weight, bias = network.features, network.head.weight, network.head.bias
     folded_features = torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
@@ -72,11 +80,9 @@ def folded_bias_descent(
     for _ in range(steps):
         residual = torch.baddbmm(targets, folded_features, folded_weight_t, beta=-1)
         gradient = torch.bmm(residual.transpose(-1, -2), folded_features)
-        optimizer._on_before_step()
         folded_features.baddbmm_(residual, folded_weight, alpha=-step_size)
         ones_column.fill_(1.0)
         folded_weight.sub_(gradient, alpha=step_size)
-        optimizer._on_after_step()
     features.copy_(folded_features[..., :-1])
     weight.copy_(folded_weight[..., :-1])
     bias.copy_(folded_weight[..., -1])
@@ -84,12 +90,7 @@ def folded_bias_descent(
 
 
 def in_place_descent(
-    network: UnconstrainedFeatures,
-    targets: Tensor,
-    optimizer: LightningOptimizer,
-    steps: int,
-    step_size: float,
-    logits: Tensor,
+    network: UnconstrainedFeatures, targets: Tensor, steps: int, step_size: float, logits: Tensor
 ) -> Tensor:
     """Plain descent on the parameters themselves, ``F ← F − η·AᵀW`` as one GEMM with β = 1, from the present
     state's ``logits``; returns the final logits (each step's product gives the next step's residual)."""
@@ -99,11 +100,9 @@ def in_place_descent(
         residual = logits.sub_(targets)
         grad_weight = torch.bmm(residual.transpose(-1, -2), features)
         grad_bias = residual.sum(dim=-2)
-        optimizer._on_before_step()
         features.baddbmm_(residual, weight, alpha=-step_size)
         weight.sub_(grad_weight, alpha=step_size)
         bias.sub_(grad_bias, alpha=step_size)
-        optimizer._on_after_step()
         logits = torch.baddbmm(bias_row, features, weight_t)
     return logits
 
@@ -111,17 +110,16 @@ def in_place_descent(
 def optimizer_steps(
     network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, logits: Tensor
 ) -> Tensor:
-    """Closed-form gradients in ``.grad``, then the optimiser's own step, from the present state's ``logits``;
-    returns the final logits."""
+    """Closed-form gradients in ``.grad``, then ``optimizer.step()`` (Lightning's public step: the precision plugin,
+    the ``on_before_optimizer_step`` hooks, the step count), from the present state's ``logits``; returns the final
+    logits."""
     features, weight, bias = network.features, network.head.weight, network.head.bias
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
         residual = logits.sub_(targets)
-        optimizer._on_before_step()
         features.grad = torch.bmm(residual, weight)
         weight.grad = torch.bmm(residual.transpose(-1, -2), features)
         bias.grad = residual.sum(dim=-2)
-        optimizer.optimizer.step()
-        optimizer._on_after_step()
+        optimizer.step()
         logits = torch.baddbmm(bias_row, features, weight_t)
     return logits

@@ -11,8 +11,11 @@ from torch import Tensor, nn
 from ufm_torch.metrics.tags import LOSS_TAG, TRAIN_ACCURACY_TAG
 from ufm_torch.models import default_loss_name, has_free_features
 from ufm_torch.training.fused_descent import closed_form_steps
+from ufm_torch.training.lightning_steps import sees_every_optimizer_step
 from ufm_torch.training.losses import LOSSES
 from ufm_torch.training.step_boundaries import steps_until_boundary
+
+StepOutput = dict[str, Tensor]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -22,9 +25,11 @@ class CollapseModule(L.LightningModule):
 
     The loss of a step is the sum over replicas of the per-replica loss, so every replica receives exactly the
     gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
-    parameters; ``loss`` names one of :data:`ufm_torch.training.losses.LOSSES` (None: :func:`default_loss_name`). Logged
-    per batch: ``train/loss`` and ``train/accuracy`` (means over replicas, of the state after a fused block; the
-    collapse monitor logs them per replica at its scheduled steps).
+    parameters; ``loss`` names one of :data:`ufm_torch.training.losses.LOSSES` (None: :func:`default_loss_name`).
+    ``training_step`` returns ``{"loss": Σ_r loss_r, "train/loss": mean_r loss_r, "train/accuracy": mean_r acc_r}``
+    for the state at ``global_step`` (after a fused block, the state it leaves). The loggers receive these at true
+    optimiser steps from :class:`ufm_torch.callbacks.training_curves.TrainingCurves`; ``self.log`` feeds only the
+    progress bar and ``callback_metrics``, so no logger sees Lightning's batch counter as a step.
 
     Backbones train with Lightning's automatic optimisation. The UFM with the paper's loss on full batches takes
     up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.training.fused_descent`), stopping
@@ -52,25 +57,29 @@ class CollapseModule(L.LightningModule):
         """Logits of the network for a batch of inputs."""
         return self.network(inputs)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """One optimiser step (or a fused block of full-batch steps for the UFM); returns the summed loss."""
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> StepOutput:
+        """One optimiser step (or a fused block of full-batch steps for the UFM); returns the summed loss and the
+        means over replicas of loss and accuracy (class docstring)."""
         inputs, labels = batch
         if self.automatic_optimization:
             logits = self.network(inputs)
-            return self._log_and_sum(self.loss_fn(logits, labels), logits, labels)
+            return self._step_output(self.loss_fn(logits, labels), logits, labels)
         optimizer = self.optimizers()
         if self.loss_name == "sum_squared" and inputs.shape[0] == self.network.features.shape[-2]:
             row_labels = torch.empty_like(labels).index_copy_(0, inputs, labels)
             steps = steps_until_boundary(self.trainer, self.fused_steps)
-            logits = closed_form_steps(self.network, row_labels, optimizer, steps, logits=self.current_logits())
+            logits = closed_form_steps(
+                self.network, row_labels, optimizer, steps, logits=self.current_logits(),
+                through_optimizer=sees_every_optimizer_step(self.trainer),
+            )
             self.block_logits = (self._state_stamp(), logits)
-            return self._log_and_sum(self.loss_fn(logits, row_labels), logits, row_labels)
+            return self._step_output(self.loss_fn(logits, row_labels), logits, row_labels)
         optimizer.zero_grad()
         logits = self.network(inputs)
-        loss = self._log_and_sum(self.loss_fn(logits, labels), logits, labels)
-        self.manual_backward(loss)
+        output = self._step_output(self.loss_fn(logits, labels), logits, labels)
+        self.manual_backward(output["loss"])
         optimizer.step()
-        return loss.detach()
+        return output | {"loss": output["loss"].detach()}
 
     def current_logits(self) -> Tensor | None:
         """Logits ``(R, n, C)`` of every training sample in the network's present state if the last fused block left
@@ -86,12 +95,14 @@ class CollapseModule(L.LightningModule):
             stamp += [parameter.data_ptr(), parameter._version]
         return tuple(stamp)
 
-    def _log_and_sum(self, loss_per_replica: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-        """Log the mean loss and accuracy over replicas; return the loss summed over replicas."""
+    def _step_output(self, loss_per_replica: Tensor, logits: Tensor, labels: Tensor) -> StepOutput:
+        """The loss summed over replicas (what is optimised) with the detached means over replicas of the loss
+        and the accuracy; the means also go to the progress bar (``logger=False``: no batch-indexed logging)."""
         accuracy = (logits.detach().argmax(dim=-1) == labels).to(logits.dtype).mean()
-        self.log(LOSS_TAG, loss_per_replica.detach().mean(), prog_bar=True)
-        self.log(TRAIN_ACCURACY_TAG, accuracy)
-        return loss_per_replica.sum()
+        mean_loss = loss_per_replica.detach().mean()
+        self.log(LOSS_TAG, mean_loss, prog_bar=True, logger=False)
+        self.log(TRAIN_ACCURACY_TAG, accuracy, logger=False)
+        return {"loss": loss_per_replica.sum(), LOSS_TAG: mean_loss, TRAIN_ACCURACY_TAG: accuracy}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The configured optimiser over all parameters of the network."""

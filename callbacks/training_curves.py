@@ -1,0 +1,75 @@
+"""``train/loss`` and ``train/accuracy`` in every logger, at true optimiser steps on a documented cadence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
+from ufm_torch.metrics.tags import LOSS_TAG, TRAIN_ACCURACY_TAG
+from ufm_torch.run_folder.event_files import truncate_tree
+
+CURVE_TAGS = (LOSS_TAG, TRAIN_ACCURACY_TAG)
+
+
+class TrainingCurves(L.Callback):
+    """Logs the means over replicas of the loss and accuracy that ``training_step`` returns, with
+    ``step = trainer.global_step`` (the optimiser steps taken), to every logger.
+
+    Cadence: every step at which the collapse monitor evaluates (after step 0), every multiple of ``every_n_steps``
+    when it is set, and the last step. Fused UFM blocks stop at each of these steps (``next_due_step``), so each
+    value is that of the state at its step; on a backbone it is the minibatch's. Values are read from the device
+    only at these steps, and averaged over DDP processes. TensorBoard loggers are flushed before each checkpoint;
+    on resume, what their runs hold after the resumed step is dropped first, so no step appears twice.
+    """
+
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        super().__init__()
+        self.every_n_steps = every_n_steps
+        self.monitor: CollapseMonitor | None = None
+        self.logged_steps: list[int] = []
+
+    def next_due_step(self, step: int) -> int | None:
+        """The first multiple of ``every_n_steps`` after ``step`` (None when unset)."""
+        interval = self.every_n_steps
+        return (step // interval + 1) * interval if interval else None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Find the collapse monitor (whose evaluation steps are logged too) and tidy a resumed main run."""
+        self.monitor = next((cb for cb in trainer.callbacks if isinstance(cb, CollapseMonitor)), None)
+        if trainer.global_step > 0 and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    truncate_tree(Path(logger.log_dir), trainer.global_step)
+
+    def is_due(self, trainer: L.Trainer, step: int) -> bool:
+        """Whether ``step`` is on the cadence (class docstring)."""
+        if self.every_n_steps and step % self.every_n_steps == 0:
+            return True
+        if self.monitor is not None and self.monitor.is_evaluation_step(step):
+            return True
+        return trainer.max_steps > 0 and step >= trainer.max_steps
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Log the step's curves when it is due."""
+        step = trainer.global_step
+        if not isinstance(outputs, dict) or not self.is_due(trainer, step):
+            return
+        values = torch.stack([outputs[tag].detach().to(torch.float64) for tag in CURVE_TAGS])
+        values = trainer.strategy.reduce(values, reduce_op="mean")
+        metrics = dict(zip(CURVE_TAGS, values.cpu().tolist(), strict=True))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step)
+        self.logged_steps.append(step)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Flush the TensorBoard loggers, so that the curves up to a checkpoint survive a kill after it."""
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.flush()

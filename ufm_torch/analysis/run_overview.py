@@ -1,0 +1,75 @@
+"""The text panel of a run's report: its command line and final metrics as markdown, for TensorBoard's Text tab.
+
+:func:`run_overview` reads the run folder's files only: the command line from ``.hydra/overrides.yaml``, the outcome
+from ``status.json``, and the final metrics from ``metrics.jsonl`` (each replica's last evaluation; for each init scale
+ε the median over its replicas, the dashboards' line).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ufm_torch.analysis.records import as_float, final_records
+from ufm_torch.run_folder.jobs import Job, read_override_list
+from ufm_torch.run_folder.layout import METRICS_FILE, OVERRIDES_FILE, STATUS_FILE
+
+OVERVIEW_TAG = "report/overview"
+"""The text panel's tag in the report's TensorBoard run (``tb/figures``)."""
+
+
+def command_line(overrides: Sequence[str]) -> str:
+    """``ufm-train <overrides>`` quoted for a POSIX shell: the command that trains this run again."""
+    return shlex.join(["ufm-train", *overrides])
+
+
+def format_metric(value: float) -> str:
+    """Three significant digits (``1.23e-05``); ``–`` for a missing or non-finite value."""
+    return f"{value:.3g}" if math.isfinite(value) else "–"
+
+
+def final_metrics_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table: one row per metric, one column per init scale ε (``backbone`` without one), each cell the
+    median over that ε's replicas of their final values (finite ones only)."""
+    finals = final_records(records)
+    columns: dict[Any, list[Mapping[str, Any]]] = {}
+    for record in finals:
+        columns.setdefault(record.get("init_scale"), []).append(record)
+    metrics = [key for key in finals[0] if "/" in key]
+    header = [f"ε = {scale:g}" if scale is not None else "backbone" for scale in columns]
+    lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+    for metric in metrics:
+        cells = []
+        for group in columns.values():
+            values = [value for value in (as_float(record.get(metric)) for record in group) if math.isfinite(value)]
+            cells.append(format_metric(statistics.median(values) if values else math.nan))
+        lines.append(f"| `{metric}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_overview(job: Job) -> str:
+    """The run's text panel (markdown): command line, outcome, and :func:`final_metrics_table`."""
+    status = job.status
+    outcome = f"**{status.get('status', 'unknown')}**"
+    if status.get("wall_time_s") is not None:
+        outcome += f" (wall time {float(status['wall_time_s']):.1f} s)"
+    if status.get("error"):
+        outcome += f": {status['error']}"
+    parts = [
+        f"### Run `{job.path}`",
+        f"Command line (`{OVERRIDES_FILE}`):",
+        f"```\n{command_line(read_override_list(job.path))}\n```",
+        f"Outcome (`{STATUS_FILE}`): {outcome}",
+    ]
+    if job.records:
+        finals = final_records(job.records)
+        steps = "/".join(str(step) for step in sorted({int(record["step"]) for record in finals}))
+        counts = sorted(set(Counter(record.get("init_scale") for record in finals).values()))
+        each = f"{counts[0]} each" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+        spread = "" if counts == [1] else f": median over the replicas of each ε ({each})"
+        parts += [f"Final metrics (`{METRICS_FILE}`) at step {steps}{spread}", final_metrics_table(job.records)]
+    return "\n\n".join(parts)
