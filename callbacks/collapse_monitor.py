@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from ufm_torch.run_folder.tensorboard import (
     open_replica_writers,
     write_hparams,
 )
+from ufm_torch.theory.optimum import UFMOptimum, UFMProblem, optimum_metrics, solve_optimum
 
 TENSORBOARD_FLUSH_SECONDS = 2.0
 """The replica runs reach TensorBoard at most this long after an evaluation (and all of them at the end)."""
@@ -69,6 +71,7 @@ class CollapseMonitor(L.Callback):
         self.last_flush = time.monotonic()
         self.class_means: Tensor | None = None
         self.measure: Callable[[L.LightningModule, L.LightningDataModule], NetworkMeasurement] = measure_backbone
+        self.optimum: UFMOptimum | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build the schedule, open the log (dropping records past a resumed checkpoint) and evaluate the start."""
@@ -79,6 +82,7 @@ class CollapseMonitor(L.Callback):
         self.image_steps = {steps[i] for i in picks.tolist()} if self.gram_images else set()
         network = pl_module.network
         self.measure = measure_free_features if has_free_features(network) else measure_backbone
+        self.optimum = global_optimum(pl_module, trainer.datamodule)
         if trainer.is_global_zero:
             self.metrics_log.open(trainer.global_step, replicas=network.num_replicas)
             names = [replica_run_name(replica.init_scale, replica.copy) for replica in network.replica_identities()]
@@ -139,6 +143,8 @@ class CollapseMonitor(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """Measure at ``step`` and write one record per replica to the log, the loggers and TensorBoard."""
         values, self.class_means = self.measure(pl_module, trainer.datamodule)
+        if self.optimum is not None:
+            values |= distances_to_optimum(pl_module, trainer.datamodule, self.optimum)
         if not trainer.is_global_zero:
             return
         names = list(values)
@@ -161,6 +167,7 @@ class CollapseMonitor(L.Callback):
                         f"{name}/{replica_run_name(rec['init_scale'], rec['copy'])}": rec[name]
                         for rec in records
                         for name in names
+                        if math.isfinite(rec[name])
                     },
                     step,
                 )
@@ -184,7 +191,8 @@ class CollapseMonitor(L.Callback):
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         shared = {
             "num_classes": network.num_classes,
-            "samples_per_class": trainer.datamodule.samples_per_class,
+            "samples_per_class": hparam_value(trainer.datamodule.samples_per_class),
+            "bias": bool(network.head.has_bias),
             "feature_dim": network.feature_dim,
             "optimizer": type(optimizer).__name__ if optimizer else "none",
             "lr": float(optimizer.param_groups[0]["lr"]) if optimizer else 0.0,
@@ -199,9 +207,43 @@ class CollapseMonitor(L.Callback):
             write_hparams(writer, hyper, final, record["step"])
 
 
+def hparam_value(value: Any) -> int | float | str | bool:
+    """``value`` as HPARAMS takes it: a number, string or bool as it is, a list as ``a,b,c``."""
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+
+
 def command_line_overrides() -> dict[str, str]:
     """``key: value`` of the Hydra task overrides of this run (the swept values in a multirun); empty outside Hydra."""
     if not HydraConfig.initialized():
         return {}
     overrides = (override.lstrip("+~").partition("=") for override in HydraConfig.get().overrides.task)
     return {key: value for key, _, value in overrides if key not in ("hydra.run.dir", "hydra.sweep.dir")}
+
+
+def global_optimum(pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> UFMOptimum | None:
+    """The global optimum of the UFM objective ``pl_module`` trains (:mod:`ufm_torch.theory.optimum`): its loss,
+    decays, label smoothing and bias, and the class sizes of ``datamodule.labels``. None for a backbone, or unless
+    λ_W > 0 and λ_H > 0 and p ≥ C (the config checks warn about p < C)."""
+    network = pl_module.network
+    decays = (pl_module.classifier_decay, pl_module.feature_decay)
+    if not has_free_features(network) or min(decays) <= 0 or network.feature_dim < network.num_classes:
+        return None
+    problem = UFMProblem.from_labels(
+        datamodule.labels, network.num_classes, loss=pl_module.loss_name, feature_dim=network.feature_dim,
+        lambda_weight=pl_module.classifier_decay, lambda_features=pl_module.feature_decay,
+        lambda_bias=pl_module.bias_decay, bias=network.head.has_bias, label_smoothing=pl_module.label_smoothing,
+    )  # fmt: skip
+    return solve_optimum(problem)
+
+
+def distances_to_optimum(
+    pl_module: L.LightningModule, datamodule: L.LightningDataModule, optimum: UFMOptimum
+) -> dict[str, Tensor]:
+    """``optimum/loss_gap``, ``optimum/classifier_gram``, ``optimum/feature_gram`` and ``optimum/bias`` of every
+    replica (float64, computed on the CPU from the parameters)."""
+    network = pl_module.network
+    features, weight = network.features.detach().cpu().double(), network.head.weight.detach().cpu().double()
+    bias = network.head.bias.detach().cpu().double() if network.head.has_bias else None
+    labels = datamodule.labels.cpu()
+    device = network.features.device
+    return {tag: value.to(device) for tag, value in optimum_metrics(features, weight, bias, labels, optimum).items()}

@@ -8,10 +8,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import UFMDataModule, class_major_labels
+from ufm_torch.data.ufm import RepeatedBatch
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.models import UnconstrainedFeatures
 from ufm_torch.training import fused_descent
@@ -27,29 +29,85 @@ OPTIMIZERS = {
 }
 
 
-def autograd_trajectory(model: UnconstrainedFeatures, optimizer_factory, steps: int) -> UnconstrainedFeatures:
-    """Plain PyTorch loop on the model's device: autograd gradient of the summed loss, one optimiser step at a time."""
-    labels = class_major_labels(model.num_classes, model.samples_per_class).to(model.features.device)
+def reference_objective(
+    model: UnconstrainedFeatures,
+    labels: torch.Tensor,
+    loss: str = "sum_squared",
+    label_smoothing: float = 0.0,
+    feature_decay: float = 0.0,
+    classifier_decay: float = 0.0,
+    bias_decay: float = 0.0,
+) -> torch.Tensor:
+    """Σ_r f_r written out with ``torch.nn.functional`` (row ``i`` of the features has label ``labels[i]``): the
+    data term of ``module.loss`` plus λ_W/2‖W‖² + λ_H/2‖H‖² + λ_b/2‖b‖² (no λ_b term without a bias)."""
     indices = torch.arange(labels.numel(), device=labels.device)
+    logits = model(indices)
+    if loss == "cross_entropy":
+        data = F.cross_entropy(
+            logits.transpose(-1, -2), labels.expand(*logits.shape[:-1]), reduction="none",
+            label_smoothing=label_smoothing,
+        ).mean(-1)
+    else:
+        targets = F.one_hot(labels, model.num_classes).to(logits.dtype)
+        data = 0.5 * (logits - targets).square().sum(dim=(-1, -2))
+        data = data / labels.numel() if loss == "mean_squared" else data
+    head, total = model.head, data.sum()
+    if classifier_decay:
+        total = total + 0.5 * classifier_decay * head.weight.square().sum()
+    if feature_decay:
+        total = total + 0.5 * feature_decay * model.features.square().sum()
+    if bias_decay and head.has_bias:
+        total = total + 0.5 * bias_decay * head.bias.square().sum()
+    return total
+
+
+def autograd_trajectory(
+    model: UnconstrainedFeatures, optimizer_factory, steps: int, labels: torch.Tensor | None = None, **objective
+) -> UnconstrainedFeatures:
+    """Plain PyTorch loop on the model's device: autograd gradient of the summed objective (the paper's loss unless
+    ``objective`` holds ``module.*`` keys), one optimiser step at a time; ``labels`` default to class-major ones."""
+    if labels is None:
+        labels = class_major_labels(model.num_classes, model.samples_per_class)
+    labels = labels.to(model.features.device)
     optimizer = optimizer_factory(model.parameters())
     for _ in range(steps):
         optimizer.zero_grad()
-        sum_squared_error(model(indices), labels).sum().backward()
+        reference_objective(model, labels, **objective).backward()
         optimizer.step()
     return model
 
 
+class LabelledRows(L.LightningDataModule):
+    """Every row of a UFM's feature table as one full batch per step, with any labels (any class sizes).
+
+    The batch lists the rows in the order ``order`` (default: a fixed shuffle), so that the module must put the
+    labels back in row order."""
+
+    def __init__(self, labels: torch.Tensor, order: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if order is None:
+            order = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(0))
+        self.labels, self.order = labels, order
+
+    def train_dataloader(self) -> RepeatedBatch:
+        return RepeatedBatch((self.order, self.labels[self.order]), 1000)
+
+
 def fused_trajectory(
-    model: UnconstrainedFeatures, optimizer_factory, steps: int, tmp_path: Path, accelerator: str = "cpu"
+    model: UnconstrainedFeatures, optimizer_factory, steps: int, tmp_path: Path, accelerator: str = "cpu",
+    labels: torch.Tensor | None = None, callbacks: list[L.Callback] | None = None, **objective,
 ) -> L.Trainer:
-    """The same run through the Trainer (on one device of ``accelerator``) and the fused closed-form path."""
+    """The same run through the Trainer (on one device of ``accelerator``, with ``callbacks``) and the fused
+    closed-form path; the ``module.*`` keys in ``objective`` go to the module, ``labels`` (row order) to a
+    :class:`LabelledRows`."""
     trainer = L.Trainer(
         max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, precision="64-true", default_root_dir=tmp_path, accelerator=accelerator,
-        devices=1,
+        devices=1, callbacks=callbacks,
     )
-    module = CollapseModule(model, optimizer_factory, fused_steps=64)
-    trainer.fit(module, datamodule=UFMDataModule(model.num_classes, model.samples_per_class))
+    module = CollapseModule(model, optimizer_factory, fused_steps=64, **objective)
+    data = UFMDataModule(model.num_classes, model.samples_per_class) if labels is None else LabelledRows(labels)
+    trainer.fit(module, datamodule=data)
     return trainer
 
 

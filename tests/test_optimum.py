@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ufm_torch.metrics.tags import OPTIMUM_TAGS
 from ufm_torch.theory import (
     UFMOptimum,
     UFMProblem,
@@ -26,7 +27,7 @@ from ufm_torch.theory import (
     solve_optimum,
     ufm_objective,
 )
-from ufm_torch.theory.optimum import OPTIMUM_TAGS, ClosedFormOptimum
+from ufm_torch.theory.optimum import ClosedFormOptimum
 from ufm_torch.training.losses import LOSSES
 
 DTYPE = torch.float64

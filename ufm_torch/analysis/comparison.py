@@ -18,10 +18,33 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ufm_torch.analysis.records import as_float
-from ufm_torch.metrics.tags import ACCURACY_TAGS, NC_TAGS, SNC_TAGS, TRAIN_ACCURACY_TAG, is_collapse_tag, short_name
+from ufm_torch.metrics.tags import (
+    ACCURACY_TAGS,
+    NC_TAGS,
+    OPTIMUM_TAGS,
+    SNC_TAGS,
+    TRAIN_ACCURACY_TAG,
+    is_collapse_tag,
+    short_name,
+)
 
 RUN_TITLES = {"backbone": "Backbone", "ufm": "Unconstrained features model"}
-PANELS = {"Neural collapse": NC_TAGS, "Strong neural collapse": SNC_TAGS, "Accuracy": ACCURACY_TAGS}
+PANELS = {
+    "Neural collapse": NC_TAGS,
+    "Strong neural collapse": SNC_TAGS,
+    "Distance to the global optimum": OPTIMUM_TAGS,
+    "Accuracy": ACCURACY_TAGS,
+}
+"""Rows of the collapse figure, top to bottom; a row whose tags no record holds a number for is left out (SNC on
+unbalanced classes, the optimum without weight decay)."""
+
+
+def drawn_panels(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, tuple[str, ...]]:
+    """The rows of :data:`PANELS` that some record of ``histories`` has a value for (accuracy always)."""
+    def has_values(tags: Sequence[str]) -> bool:
+        return any(record.get(tag) is not None for records in histories.values() for record in records for tag in tags)
+
+    return {name: tags for name, tags in PANELS.items() if name == "Accuracy" or has_values(tags)}
 
 
 def curve_label(tag: str) -> str:
@@ -77,13 +100,14 @@ def collapse_figure(
     collapse errors on log axes (zeros left out). A dotted line marks the first evaluation with 100%
     training accuracy, where the terminal phase of training begins.
     """
-    figure = Figure(figsize=(5.5 * len(histories) + 0.5, 10), layout="constrained")
-    grid = figure.subplots(len(PANELS), len(histories), sharex=True, sharey="row", squeeze=False)
+    panels = drawn_panels(histories)
+    figure = Figure(figsize=(5.5 * len(histories) + 0.5, 2.6 * len(panels) + 2.2), layout="constrained")
+    grid = figure.subplots(len(panels), len(histories), sharex=True, sharey="row", squeeze=False)
     for column, (name, records) in enumerate(histories.items()):
         records = smallest_scale_records(records)
         trained = [record for record in records if record["step"] > 0]
         onset = first_interpolating_fraction(trained, max_steps[name])
-        for row, (panel, tags) in enumerate(PANELS.items()):
+        for row, (panel, tags) in enumerate(panels.items()):
             axes = grid[row][column]
             for tag in tags:
                 steps, values = median_history(trained, tag)
@@ -99,7 +123,7 @@ def collapse_figure(
                 axes.set_title(column_title(name, records), fontsize="medium")
             if column == 0:
                 axes.set_ylabel(panel)
-            if row == len(PANELS) - 1:
+            if row == len(panels) - 1:
                 axes.set_xlabel("fraction of training (step / max_steps)")
             if axes.lines:
                 axes.legend(fontsize=8, loc="best")

@@ -42,6 +42,7 @@ from ufm_torch.analysis.summary import write_summary
 from ufm_torch.analysis.sweep_figures import draw_sweep_figures
 from ufm_torch.analysis.sweep_hparams import write_sweep_hparams
 from ufm_torch.analysis.sweep_table import format_summary_csv, summary_table
+from ufm_torch.models.ufm import class_sizes
 from ufm_torch.run_folder.jobs import Job, read_job, read_jobs
 from ufm_torch.run_folder.layout import (
     FIGURES_DIR,
@@ -107,9 +108,15 @@ def is_plain_gradient_descent(config: Mapping[str, Any]) -> bool:
 
 
 def describe_shape(config: Mapping[str, Any]) -> str:
-    """``C = 10, N = 50, p = 32`` of a saved config, for figure titles."""
+    """``C = 10, N = 50, p = 32`` of a saved config, for figure titles; ``n_k = 50,50,5,5`` for unbalanced classes."""
     data, model = config.get("data") or {}, config.get("model") or {}
-    shape = {"C": data.get("num_classes"), "N": data.get("samples_per_class"), "p": model.get("feature_dim")}
+    sizes = data.get("samples_per_class")
+    name = "N"
+    if data.get("num_classes") is not None and sizes is not None:
+        counts = class_sizes(data["num_classes"], sizes, data.get("imbalance_ratio", 1.0), data.get("minority_classes"))
+        if len(set(counts)) > 1:
+            name, sizes = "n_k", ",".join(map(str, counts))
+    shape = {"C": data.get("num_classes"), name: sizes, "p": model.get("feature_dim")}
     return ", ".join(f"${name} = {value}$" for name, value in shape.items() if value is not None)
 
 

@@ -49,7 +49,11 @@ class DataConfig(Section):
     """``data``: the data module's keys (which ones exist depends on the data option)."""
 
     num_classes: StrictInt = absent_or("an integer >= 2", ge=2)
-    samples_per_class: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    samples_per_class: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = absent_or(
+        "an integer >= 1 or a list of integers >= 1, one per class"
+    )
+    imbalance_ratio: Real = absent_or("a number >= 1", ge=1)
+    minority_classes: StrictInt | None = absent_or("null or an integer >= 0", ge=0)
     batch_size: PositiveInt | None = absent_or("null (full batch) or an integer >= 1")
     steps_per_epoch: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
     input_dim: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
@@ -75,6 +79,7 @@ class ModelConfig(Section):
     activation: ActivationName = absent_or(f"one of {', '.join(sorted(ACTIVATIONS))}")
     batch_norm: StrictBool = absent_or(TRUE_OR_FALSE)
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = absent_or("a non-empty list of integers >= 1")
+    bias: StrictBool = absent_or(TRUE_OR_FALSE)
 
 
 class OptimizerConfig(Section):
@@ -96,6 +101,11 @@ class ModuleConfig(Section):
     """``module``: the training module's keys."""
 
     loss: LossName | None = absent_or(f"null or one of {', '.join(sorted(LOSSES))}")
+    fused_steps: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    label_smoothing: Real = absent_or("a number in [0, 1)", ge=0, lt=1)
+    feature_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
+    classifier_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
+    bias_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
 
 
 class CollapseMonitorConfig(Section):
@@ -105,10 +115,24 @@ class CollapseMonitorConfig(Section):
     every_n_steps: PositiveInt | None = absent_or("null or an integer >= 1")
 
 
+class TrainingCurvesConfig(Section):
+    """``callbacks.training_curves``: the extra logging interval."""
+
+    every_n_steps: PositiveInt | None = absent_or("null or an integer >= 1")
+
+
+class DivergenceGuardConfig(Section):
+    """``callbacks.divergence_guard``: how often the device is read."""
+
+    check_every_n_steps: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+
+
 class CallbacksConfig(Section):
-    """``callbacks``: one entry per selected callback; only the collapse monitor's schedule is checked."""
+    """``callbacks``: one entry per selected callback; the schedules of the package's callbacks are checked."""
 
     collapse_monitor: CollapseMonitorConfig = absent_or("a mapping of the collapse monitor's keys")
+    training_curves: TrainingCurvesConfig = absent_or("a mapping of the training curves' keys")
+    divergence_guard: DivergenceGuardConfig = absent_or("a mapping of the divergence guard's keys")
 
 
 class TrainConfig(Section):

@@ -15,6 +15,7 @@ from omegaconf.errors import InterpolationResolutionError
 from pydantic import ValidationError
 
 from ufm_torch.cli.schema import TrainConfig, schema_error
+from ufm_torch.data.ufm import class_sizes
 from ufm_torch.errors import ConfigError
 from ufm_torch.metrics.tags import scalar_tags
 from ufm_torch.models import default_loss_name, target_object
@@ -54,35 +55,97 @@ def effective_loss(cfg: DictConfig) -> str:
     return cfg.module.get("loss") or default_loss_name(network_factory)
 
 
-def _bias_stability_limit(cfg: DictConfig) -> float | None:
-    """Largest stable SGD step size along the bias direction for a squared loss.
+DECAYS_OF_THE_ORACLE = ("feature_decay", "classifier_decay")
+"""λ_H and λ_W: the global optimum (:mod:`ufm_torch.theory.optimum`) is known when both are > 0."""
 
-    The logits are linear in ``b``, so on ``b`` the summed squared loss has curvature equal to the batch size B
-    (∇_b R = A1, ∂²R/∂b² = B·I) and the batch-mean one curvature 1. Heavy-ball SGD with momentum μ diverges along
-    it when ``lr >= 2(1 + μ)/curvature``. For the UFM's full batch B = CN.
+
+def training_samples(cfg: DictConfig) -> int | None:
+    """n = Σ_k n_k, the number of training samples of a UFM-style data config (None when it has no class sizes)."""
+    if "num_classes" not in cfg.data or "samples_per_class" not in cfg.data:
+        return None
+    try:
+        sizes = class_sizes(
+            cfg.data.num_classes,
+            _plain(cfg.data.samples_per_class),
+            cfg.data.get("imbalance_ratio", 1.0),
+            cfg.data.get("minority_classes"),
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return sum(sizes)
+
+
+def _bias_stability_limit(cfg: DictConfig) -> float | None:
+    """Largest stable SGD step size along the bias direction for a squared loss (None: no bound applies).
+
+    The logits are linear in ``b``, so on ``b`` the objective f = D + λ_b/2‖b‖² (+ the other penalties, which do
+    not involve b) is an exact quadratic with Hessian (κ + λ_b)·I, where κ = B, the batch size, for the summed
+    loss (∇_b D = A1, ∂²D/∂b² = B·I) and κ = 1 for the batch-mean one (∂²D/∂b² = I). Along it heavy-ball SGD with
+    momentum μ multiplies the bias error by the roots of z² − (1 + μ − η(κ + λ_b))z + μ, which leave the unit disc
+    exactly when η ≥ 2(1 + μ)/(κ + λ_b). Without a bias (``model.bias=false``) or for cross-entropy (not quadratic
+    in b, curvature at most ½ + λ_b and falling as the softmax saturates) no step size is certain to diverge.
     """
     loss = effective_loss(cfg)
+    has_bias = OmegaConf.select(cfg, "model.bias", default=True)
     if str(cfg.optimizer.get("_target_", "")) != "torch.optim.SGD" or loss not in ("sum_squared", "mean_squared"):
         return None
+    if not has_bias:
+        return None
     curvature = 1.0
-    if loss == "sum_squared" and "num_classes" in cfg.data and "samples_per_class" in cfg.data:
-        num_samples = cfg.data.num_classes * cfg.data.samples_per_class
+    num_samples = training_samples(cfg)
+    if loss == "sum_squared" and num_samples is not None:
         curvature = float(min(cfg.data.get("batch_size") or num_samples, num_samples))
+    curvature += float(cfg.module.get("bias_decay") or 0.0)
     return 2.0 * (1.0 + cfg.optimizer.get("momentum", 0.0)) / curvature
+
+
+def check_class_sizes(cfg: DictConfig) -> None:
+    """A list ``data.samples_per_class`` must have one entry per class; ``data.minority_classes`` at most C."""
+    sizes = OmegaConf.select(cfg, "data.samples_per_class")
+    num_classes = OmegaConf.select(cfg, "data.num_classes")
+    if isinstance(sizes, ListConfig) and num_classes is not None and len(sizes) != num_classes:
+        raise ConfigError(
+            f"data.samples_per_class={list(sizes)} has {len(sizes)} entries; it must be an integer or a list of "
+            f"data.num_classes={num_classes} integers >= 1"
+        )
+    minority = OmegaConf.select(cfg, "data.minority_classes")
+    if minority is not None and num_classes is not None and minority > num_classes:
+        raise ConfigError(f"data.minority_classes={minority} must be at most data.num_classes={num_classes}")
+
+
+def check_regularisers(cfg: DictConfig) -> None:
+    """``module.bias_decay`` needs a bias; ``module.label_smoothing`` belongs to cross-entropy."""
+    bias_decay = OmegaConf.select(cfg, "module.bias_decay", default=0.0) or 0.0
+    if bias_decay and OmegaConf.select(cfg, "model.bias", default=True) is False:
+        raise ConfigError(
+            f"module.bias_decay={bias_decay} needs a bias, but model.bias=false; set module.bias_decay=0 or "
+            "model.bias=true"
+        )
+    smoothing = OmegaConf.select(cfg, "module.label_smoothing", default=0.0) or 0.0
+    if smoothing and effective_loss(cfg) != "cross_entropy":
+        raise ConfigError(
+            f"module.label_smoothing={smoothing} applies to module.loss=cross_entropy only (now "
+            f"{effective_loss(cfg)}); set module.label_smoothing=0 or module.loss=cross_entropy"
+        )
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Check every user-facing key; raise :class:`ConfigError` on the first mistake, warn on hopeless settings."""
     check_schema(resolved_config(cfg))
+    check_class_sizes(cfg)
+    training_samples(cfg)
+    check_regularisers(cfg)
     objective = cfg.get("objective")
     if objective is not None and objective not in scalar_tags():
         raise ConfigError(f"objective={objective} is not a metric tag; use null or one of {', '.join(scalar_tags())}")
     resolve_precision(cfg)
     limit = _bias_stability_limit(cfg)
     if limit is not None and cfg.optimizer.lr >= limit and not cfg.allow_unstable:
+        curvature = 2.0 * (1.0 + cfg.optimizer.get("momentum", 0.0)) / limit
         raise ConfigError(
-            f"optimizer.lr={cfg.optimizer.lr} must be < {limit:.6g} = 2(1+momentum)/batch size for this SGD run "
-            "(the bias direction diverges otherwise); set allow_unstable=true to run it anyway"
+            f"optimizer.lr={cfg.optimizer.lr} must be < {limit:.6g} = 2(1+momentum)/{curvature:g} for this SGD run, "
+            f"{curvature:g} being the bias direction's curvature (batch size for sum_squared, 1 for mean_squared, "
+            "plus module.bias_decay; it diverges otherwise); set allow_unstable=true to run it anyway"
         )
     feature_dim = OmegaConf.select(cfg, "model.feature_dim")
     num_classes = OmegaConf.select(cfg, "data.num_classes")
@@ -90,5 +153,12 @@ def validate_config(cfg: DictConfig) -> None:
         warnings.warn(
             f"model.feature_dim={feature_dim} < num_classes - 1 = {num_classes - 1}: strong neural collapse is "
             "impossible (Theorem 3(c) needs rank W0 >= C - 1)",
+            stacklevel=2,
+        )
+    decays = [OmegaConf.select(cfg, f"module.{name}", default=0.0) or 0.0 for name in DECAYS_OF_THE_ORACLE]
+    if all(decays) and feature_dim is not None and num_classes is not None and feature_dim < num_classes:
+        warnings.warn(
+            f"model.feature_dim={feature_dim} < data.num_classes={num_classes}: the global-optimum oracle needs "
+            "p >= C, so the optimum/ metrics are not logged",
             stacklevel=2,
         )

@@ -4,7 +4,7 @@ from ufm_torch.data.balanced import BalancedDataModule, Splits
 from ufm_torch.data.digits import DigitsDataModule
 from ufm_torch.data.gaussian_mixture import GaussianMixtureDataModule
 from ufm_torch.data.torchvision_sets import CIFAR10DataModule, DatasetNotFoundError, MNISTDataModule
-from ufm_torch.data.ufm import RepeatedBatch, UFMDataModule, class_major_labels
+from ufm_torch.data.ufm import RepeatedBatch, UFMDataModule, class_major_labels, class_sizes
 
 __all__ = [
     "BalancedDataModule",
@@ -17,4 +17,5 @@ __all__ = [
     "Splits",
     "UFMDataModule",
     "class_major_labels",
+    "class_sizes",
 ]

@@ -6,6 +6,11 @@ h(x_i) must be computed: :func:`measure_backbone` runs the network once over the
 mode, without augmentation), feeds the streaming accumulators of :mod:`ufm_torch.metrics` (which reduce
 across processes), and reuses the cached features for NC4, which needs the final class means.
 Both return a :class:`NetworkMeasurement`, so the monitor chooses between them once.
+
+Unbalanced classes (an imbalanced UFM): NC1–NC4 are defined for any class sizes n_k (class means, μ_G the mean of the
+class means, Σ_W pooled over all n samples, NC4 a fraction of all samples), but SNC1–SNC3 and dist_S (Mixon et al.)
+need a single N, the size of every class. There they are NaN for every replica (:func:`strong_collapse_values`), which
+means "undefined": ``metrics.jsonl`` writes it as ``null`` (:class:`ufm_torch.run_folder.metrics_log.MetricsLog`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from ufm_torch.metrics.accumulators import ClassStatisticsAccumulator, NearestCenterMismatch
-from ufm_torch.metrics.collapse import collapse_metrics_with_statistics
-from ufm_torch.metrics.neural_collapse import nc_metrics_from_statistics
-from ufm_torch.metrics.strong_collapse import snc_metrics_from_statistics
+from ufm_torch.metrics.neural_collapse import nc_metrics_from_statistics, nc_metrics_with_statistics
+from ufm_torch.metrics.statistics import ClassStatistics, class_statistics
+from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES, snc_metrics_from_statistics
 from ufm_torch.metrics.tags import HELDOUT_ACCURACY_TAG, LOSS_TAG, TRAIN_ACCURACY_TAG, metric_tag
 
 
@@ -70,6 +75,22 @@ def synchronise_buffers(network: nn.Module) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
+def has_balanced_classes(counts: Tensor) -> bool:
+    """Whether the class counts ``(C,)`` are all the same N ≥ 1 (the setting of SNC1–SNC3 and dist_S)."""
+    return int(counts.min()) == int(counts.max()) > 0
+
+
+def strong_collapse_values(statistics: ClassStatistics, weight: Tensor, bias: Tensor) -> dict[str, Tensor]:
+    """SNC1–SNC3 and dist_S (:func:`ufm_torch.metrics.snc_metrics_from_statistics`) when every class has the same
+    N ≥ 1 samples; otherwise NaN (undefined: ``‖WWᵀ − √N(I − 11ᵀ/C)‖_F`` and ``(1/√N)(W ⊗ 1_N)ᵀ`` need one N) for every
+    replica, float64 of the replica shape, with no warning (an imbalanced UFM is a setting, not a degenerate input).
+    """
+    if has_balanced_classes(statistics.counts):
+        return snc_metrics_from_statistics(statistics, weight, bias)
+    shape = torch.broadcast_shapes(statistics.scale.shape, weight.shape[:-2])
+    return {name: weight.new_full(shape, torch.nan, dtype=torch.float64) for name in SNC_METRIC_NAMES}
+
+
 def training_set_features(network: nn.Module, loader: DataLoader) -> tuple[Tensor, Tensor]:
     """Features ``(n_local, p)`` and labels of this process's shard, one forward pass per batch."""
     parameter = next(network.parameters())
@@ -85,15 +106,14 @@ def collapse_values(network: nn.Module, features: Tensor, labels: Tensor) -> tup
 
     Class counts, means and the pooled within-class scatter are accumulated per process and merged
     across processes; NC4 counts nearest-class-centre mismatches with the merged means (Papyan, Han &
-    Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and Figure 2). Returns the values by tag and the class means.
+    Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and Figure 2; NaN on unbalanced classes,
+    :func:`strong_collapse_values`). Returns the values by tag and the class means.
     """
     weight, bias = network.head.weight, network.head.bias
     accumulator = ClassStatisticsAccumulator(network.num_classes, network.feature_dim).to(features.device)
     accumulator.update(features, labels)
     statistics = accumulator.compute()
-    values = nc_metrics_from_statistics(statistics, weight, bias) | snc_metrics_from_statistics(
-        statistics, weight, bias
-    )
+    values = nc_metrics_from_statistics(statistics, weight, bias) | strong_collapse_values(statistics, weight, bias)
     mismatch = NearestCenterMismatch().to(features.device)
     mismatch.update(features, weight, bias, statistics.means)
     values["nc4"] = mismatch.compute()
@@ -128,8 +148,9 @@ def measure_backbone(pl_module: L.LightningModule, datamodule: L.LightningDataMo
     running statistics) with inputs cast to its parameters' dtype; the metrics, loss and accuracy are computed in
     float64 from its features. It runs once over
     ``trainer.datamodule.train_eval_dataloader()`` and once over ``heldout_dataloader()``, each process on
-    its own shard; train mode is restored afterwards. ``train/loss`` is the module's loss of the whole
-    training set. Every DDP process must call this (the reductions are collective).
+    its own shard; train mode is restored afterwards. ``train/loss`` is the module's objective f over the whole
+    training set (``pl_module.objective_value``: data term plus the decays, λ_H on all its features). Every DDP
+    process must call this (the reductions are collective).
     """
     network = pl_module.network
     was_training = network.training
@@ -140,7 +161,8 @@ def measure_backbone(pl_module: L.LightningModule, datamodule: L.LightningDataMo
         values, class_means = collapse_values(network, features, labels)
         logits = concatenate_over_processes(float64_logits(network.head, features))
         all_labels = concatenate_over_processes(labels)
-        values[LOSS_TAG] = pl_module.loss_fn(logits, all_labels)
+        penalised = concatenate_over_processes(features) if pl_module.feature_decay else features[:0]
+        values[LOSS_TAG] = pl_module.objective_value(logits, all_labels, penalised.to(torch.float64))
         values[TRAIN_ACCURACY_TAG] = (logits.argmax(dim=-1) == all_labels).to(torch.float64).mean()
         values[HELDOUT_ACCURACY_TAG] = heldout_accuracy(network, datamodule.heldout_dataloader())
     finally:
@@ -151,10 +173,13 @@ def measure_backbone(pl_module: L.LightningModule, datamodule: L.LightningDataMo
 
 @torch.no_grad()
 def measure_free_features(pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> NetworkMeasurement:
-    """Every collapse metric of each UFM replica from its parameters, plus ``train/loss`` and ``train/accuracy``.
+    """Every collapse metric of each UFM replica from its parameters, plus ``train/loss`` (the objective f with its
+    decays, ``pl_module.objective_value``) and ``train/accuracy``.
 
     The logits are those of the module's last fused block when it ended at this state
-    (``pl_module.current_logits()``), else one forward pass; the labels are ``datamodule.labels``.
+    (``pl_module.current_logits()``), else one forward pass; the labels are ``datamodule.labels`` (any class sizes
+    n_k). NC1–NC4 from one pass of class statistics; SNC1–SNC3 and dist_S by :func:`strong_collapse_values` (NaN,
+    undefined, on unbalanced classes). A bias-free UFM's ``head.bias`` is its zero buffer, so SNC3 = ‖0 − 1/C‖₂.
     """
     network = pl_module.network
     features, weight, bias = network.features, network.head.weight, network.head.bias
@@ -162,9 +187,10 @@ def measure_free_features(pl_module: L.LightningModule, datamodule: L.LightningD
     logits = pl_module.current_logits()
     if logits is None:
         logits = network.head(features)
-    metrics, statistics = collapse_metrics_with_statistics(features, labels, weight, bias)
+    statistics = class_statistics(features, labels, weight.shape[-2])
+    metrics = nc_metrics_with_statistics(statistics, weight, bias) | strong_collapse_values(statistics, weight, bias)
     values = {metric_tag(name): value for name, value in metrics.items()}
-    values[LOSS_TAG] = pl_module.loss_fn(logits, labels).to(torch.float64)
+    values[LOSS_TAG] = pl_module.objective_value(logits, labels, features).to(torch.float64)
     values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels).to(torch.float64).mean(-1)
     return NetworkMeasurement(values, statistics.means)
 

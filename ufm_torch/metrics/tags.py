@@ -20,11 +20,16 @@ TRAIN_ACCURACY_TAG = "train/accuracy"
 HELDOUT_ACCURACY_TAG = "heldout/accuracy"
 ACCURACY_TAGS = (TRAIN_ACCURACY_TAG, HELDOUT_ACCURACY_TAG)
 GRAM_IMAGE_TAG = "collapse/gram_vs_simplex_etf"
+OPTIMUM = "optimum"
+OPTIMUM_TAGS = ("optimum/loss_gap", "optimum/classifier_gram", "optimum/feature_gram", "optimum/bias")
+"""Distances to the global optimum of the regularised UFM (:mod:`ufm_torch.theory.optimum`), logged when
+λ_W > 0 and λ_H > 0 (and p ≥ C)."""
 
 
 def scalar_tags() -> tuple[str, ...]:
     """Every scalar metric tag a run can log: each NC and SNC metric, the losses and accuracies."""
-    return (*(metric_tag(name) for name in (*NC_METRIC_NAMES, *SNC_METRIC_NAMES)), LOSS_TAG, *ACCURACY_TAGS)
+    names = (*NC_METRIC_NAMES, *SNC_METRIC_NAMES)
+    return (*(metric_tag(name) for name in names), LOSS_TAG, *ACCURACY_TAGS, *OPTIMUM_TAGS)
 
 
 def metric_tag(name: str) -> str:
@@ -41,3 +46,8 @@ def short_name(tag: str) -> str:
 def is_collapse_tag(tag: str) -> bool:
     """Whether ``tag`` is a (strong) collapse metric, as opposed to a loss or accuracy."""
     return tag.startswith((f"{COLLAPSE}/", f"{STRONG_COLLAPSE}/"))
+
+
+def is_optimum_tag(tag: str) -> bool:
+    """Whether ``tag`` is a distance to the global optimum (``optimum/…``)."""
+    return tag.startswith(f"{OPTIMUM}/")

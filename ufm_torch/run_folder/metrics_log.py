@@ -1,8 +1,17 @@
-"""``metrics.jsonl``: one JSON object per evaluation and replica, flushed as written, safe to resume."""
+"""``metrics.jsonl``: one JSON object per evaluation and replica, flushed as written, safe to resume.
+
+A metric that is undefined for a replica (NaN: for example SNC1–SNC3 and dist_S on unbalanced classes, or a degenerate
+input of ``ufm_torch.metrics``) is written as JSON ``null``, never as a number: Python's ``json`` would write ``NaN``,
+which is not JSON. NaN in a record can only mean "undefined": the divergence guard stops a run before a non-finite
+loss or parameter is evaluated (with the package's default callbacks), so no record comes from a diverged state. An
+infinite value has no such meaning and is refused (``ValueError``) rather than written as a number or as null.
+The reader (:func:`read_records`) gives ``null`` back as None, as for a metric a record lacks.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -29,15 +38,16 @@ class MetricsLog:
             counts = Counter(record["step"] for record in records)
             kept = [r for r in records if r["step"] <= resume_step and counts[r["step"]] == replicas]
             temporary = self.path.with_suffix(".jsonl.tmp")
-            temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
+            temporary.write_text("".join(record_line(record) for record in kept))
             os.replace(temporary, self.path)
             self.logged_steps = {record["step"] for record in kept}
         self._file = self.path.open("a")
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        """Append ``records`` (one evaluation, every replica) and flush to disk."""
+        """Append ``records`` (one evaluation, every replica) and flush to disk; NaN (undefined) is written as null
+        (:func:`record_line`)."""
         assert self._file is not None, "MetricsLog.open must be called first"
-        self._file.write("".join(json.dumps(record) + "\n" for record in records))
+        self._file.write("".join(record_line(record) for record in records))
         self._file.flush()
         self.logged_steps.update(record["step"] for record in records)
 
@@ -47,6 +57,20 @@ class MetricsLog:
             self._file.close()
             self._file = None
 
+
+def record_line(record: dict[str, Any]) -> str:
+    """One line of ``metrics.jsonl``: ``record`` as strict JSON, NaN values (undefined) as ``null``.
+
+    ``ValueError`` naming the key for ±inf (module docstring): nothing non-finite is written as a number.
+    """
+    values = {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in record.items()}
+    for key, value in values.items():
+        if isinstance(value, float) and math.isinf(value):
+            raise ValueError(
+                f"{key}={value} at step {record.get('step')}, replica {record.get('replica')}: metrics.jsonl holds "
+                "finite numbers or null (undefined), never an infinite value"
+            )
+    return json.dumps(values, allow_nan=False) + "\n"
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -45,8 +45,10 @@ from ufm_torch.metrics.tags import (
     ACCURACY_TAGS,
     LOSS_TAG,
     NC_TAGS,
+    OPTIMUM_TAGS,
     SNC_TAGS,
     is_collapse_tag,
+    is_optimum_tag,
     metric_tag,
     short_name,
 )
@@ -64,9 +66,9 @@ STATISTICS = ("median", "min", "max")
 
 
 def log10_companion(tag: str) -> str | None:
-    """``<tag>_log10`` for a metric that is ≥ 0 and spans decades: every (strong) collapse metric but NC4, and the
-    training loss; None for the others (NC4, accuracies, anything else)."""
-    if tag == LOSS_TAG or (is_collapse_tag(tag) and tag not in LINEAR_COLLAPSE_TAGS):
+    """``<tag>_log10`` for a metric that is ≥ 0 and spans decades: every (strong) collapse metric but NC4, every
+    distance to the global optimum, and the training loss; None for the others (NC4, accuracies, anything else)."""
+    if tag == LOSS_TAG or is_optimum_tag(tag) or (is_collapse_tag(tag) and tag not in LINEAR_COLLAPSE_TAGS):
         return tag + LOG10_SUFFIX
     return None
 
@@ -270,7 +272,8 @@ def add_scalar_rows(
 ) -> None:
     """Row ``r`` of ``rows`` (one value per tag) as one event at ``step`` in the ``r``-th replica writer of
     ``writers``, and the statistics over replicas as one event in each :class:`ReplicaSummaryWriter`, all at one wall
-    time: a single summary per run whose values TensorBoard reads as one scalar series per tag.
+    time: a single summary per run whose values TensorBoard reads as one scalar series per tag. A value that is NaN
+    (undefined, e.g. SNC on unbalanced classes) or infinite is left out of its event: the series has a gap.
 
     A replica's event also holds the log10 companion (:func:`log10_companion`) of each metric whose value is > 0 and
     finite (left out otherwise: never NaN or inf). A summary run's event holds :data:`STATISTICS` over its replicas of
@@ -297,7 +300,7 @@ def _write_rows(writers: Sequence[RunWriter], tags: Sequence[str], rows: Sequenc
     with np.errstate(divide="ignore", invalid="ignore"):
         table = np.concatenate([table, np.log10(table[:, plan.log10_columns])], axis=1)
     head = Event(wall_time=time.time(), step=step).SerializeToString()
-    plan.replica.write(replicas, head, table, optional=np.arange(table.shape[1]) >= len(tags))
+    plan.replica.write(replicas, head, table, optional=np.ones(table.shape[1], dtype=bool))
     if summaries:
         statistics = over_replicas(table[:, plan.plotted_columns], [writer.members for writer in summaries])
         everything = np.ones(statistics[0].size, dtype=bool)
@@ -314,6 +317,7 @@ METRIC_FAMILIES = (
     ("NC1–NC4 (log10 but NC4)", NC_TAGS, False),
     ("SNC1–SNC3 and distance to S (log10)", SNC_TAGS, False),
     ("Training loss (log10) and accuracy", (LOSS_TAG, *ACCURACY_TAGS), False),
+    ("Distance to the global optimum (log10)", OPTIMUM_TAGS, False),
 )
 """Custom Scalars categories, in order: title, tags, folded. Other collapse metrics (``nc1_quotient`` and the NC2
 variants) follow in a folded category, then any other tag."""

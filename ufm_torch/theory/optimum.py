@@ -51,13 +51,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ufm_torch.training.losses import LOSSES
+from ufm_torch.metrics.tags import OPTIMUM_TAGS
+from ufm_torch.training.losses import LOSSES, cross_entropy
 from ufm_torch.training.objective import one_hot_targets
 
 DTYPE = torch.float64
 OPTIMUM_LOSSES = ("sum_squared", "mean_squared", "cross_entropy")
 ZERO_SINGULAR_VALUE = 1e-12  # singular values of X* below this times max_k √n_k are rounding at a threshold: 0
-OPTIMUM_TAGS = ("optimum/loss_gap", "optimum/classifier_gram", "optimum/feature_gram", "optimum/bias")
 
 
 @dataclass(frozen=True)
@@ -321,15 +321,6 @@ def solve_optimum(problem: UFMProblem, tolerance: float = 1e-13, max_iterations:
 # ---------------------------------------------------------------------------------------------- original objective
 
 
-def _smoothed_cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
-    """``(1/n) Σ_i [logsumexp(z_i) − q_{y_i}ᵀz_i]``, ``q_k = (1 − s)e_k + (s/C)1``, per replica."""
-    num_classes = logits.shape[-1]
-    one_hot = one_hot_targets(labels, num_classes, logits.dtype)
-    targets = (1.0 - label_smoothing) * one_hot + label_smoothing / num_classes
-    log_probabilities = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-    return -(targets * log_probabilities).sum(-1).mean(-1)
-
-
 def ufm_objective(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, problem: UFMProblem) -> Tensor:
     """``f(W, H, b) = D + λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (module docstring), shape ``(...)``.
 
@@ -343,7 +334,7 @@ def ufm_objective(features: Tensor, weight: Tensor, bias: Tensor | None, labels:
     if bias is not None:
         logits = logits + bias.unsqueeze(-2)
     if problem.loss == "cross_entropy":
-        data = _smoothed_cross_entropy(logits, labels, problem.label_smoothing)
+        data = cross_entropy(logits, labels, problem.label_smoothing)
     else:
         data = LOSSES[problem.loss](logits, labels)
     penalty = 0.5 * problem.lambda_weight * weight.square().sum((-1, -2))

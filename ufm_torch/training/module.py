@@ -12,7 +12,7 @@ from ufm_torch.metrics.tags import LOSS_TAG, TRAIN_ACCURACY_TAG
 from ufm_torch.models import default_loss_name, has_free_features
 from ufm_torch.training.fused_descent import closed_form_steps
 from ufm_torch.training.lightning_steps import sees_every_optimizer_step
-from ufm_torch.training.losses import LOSSES
+from ufm_torch.training.objective import Objective
 from ufm_torch.training.step_boundaries import steps_until_boundary
 
 StepOutput = dict[str, Tensor]
@@ -23,63 +23,117 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 class CollapseModule(L.LightningModule):
     """Trains ``network`` (exposing ``head``, ``forward_features`` and ``forward``) against one-hot labels.
 
-    The loss of a step is the sum over replicas of the per-replica loss, so every replica receives exactly the
-    gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
-    parameters; ``loss`` names one of :data:`ufm_torch.training.losses.LOSSES` (None: :func:`default_loss_name`).
-    ``training_step`` returns ``{"loss": Σ_r loss_r, "train/loss": mean_r loss_r, "train/accuracy": mean_r acc_r}``
-    for the state at ``global_step`` (after a fused block, the state it leaves). The loggers receive these at true
-    optimiser steps from :class:`ufm_torch.callbacks.training_curves.TrainingCurves`; ``self.log`` feeds only the
-    progress bar and ``callback_metrics``, so no logger sees Lightning's batch counter as a step.
+    Objective (:class:`ufm_torch.training.objective.Objective`), per replica::
 
-    Backbones train with Lightning's automatic optimisation. The UFM with the paper's loss on full batches takes
-    up to ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.training.fused_descent`), stopping
-    at every step a callback must see (:mod:`ufm_torch.training.step_boundaries`); ``global_step`` counts each.
-    The logits of the state a block leaves are kept: :meth:`current_logits` hands them to the collapse monitor
-    (no forward pass at an evaluation) and the next block starts from them (no product to start it).
+        f(W, H, b) = D(W, H, b) + λ_W/2 ‖W‖²_F + λ_H/2 ‖H‖²_F + λ_b/2 ‖b‖²
+
+    ``loss`` names the data term D, one of :data:`ufm_torch.training.losses.LOSSES` (None:
+    :func:`default_loss_name`); ``label_smoothing`` is s for ``cross_entropy``; ``feature_decay`` λ_H,
+    ``classifier_decay`` λ_W and ``bias_decay`` λ_b default to 0 (f = D). On the UFM the feature penalty covers all
+    of H (every row of ``network.features``); on a backbone it covers the batch's penultimate features
+    ``network.forward_features(inputs)`` (Zhu et al. 2021's feature decay), which the head then maps to the logits
+    (a minibatch of B of n samples thus carries ``λ_H/2‖H_B‖²_F``, in expectation ``(B/n)·λ_H/2‖H‖²_F``).
+    A bias-free head (``head.has_bias`` False) has b ≡ 0 and no λ_b term. The optimiser's own ``weight_decay``
+    still applies to whatever it optimises (backbone bodies, and on the UFM every parameter).
+
+    The loss of a step is the sum over replicas of the per-replica f, so every replica receives exactly the
+    gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
+    parameters. ``training_step`` returns ``{"loss": Σ_r f_r, "train/loss": mean_r f_r, "train/accuracy": mean_r
+    acc_r}`` for the state at ``global_step`` (after a fused block, the state it leaves): ``train/loss`` is the whole
+    objective f, penalties included, so that the divergence guard and the optimum gap see what is minimised
+    (:meth:`objective_value`; :attr:`loss_fn` is D alone). The loggers receive these at true optimiser steps from
+    :class:`ufm_torch.callbacks.training_curves.TrainingCurves`; ``self.log`` feeds only the progress bar and
+    ``callback_metrics``, so no logger sees Lightning's batch counter as a step.
+
+    Backbones train with Lightning's automatic optimisation. The UFM on full batches (every loss, decay and bias
+    setting) takes up to ``fused_steps`` closed-form gradient steps per batch
+    (:mod:`ufm_torch.training.fused_descent`), stopping at every step a callback must see
+    (:mod:`ufm_torch.training.step_boundaries`); ``global_step`` counts each. The logits of the state a block leaves
+    are kept: :meth:`current_logits` hands them to the collapse monitor (no forward pass at an evaluation) and the
+    next block starts from them (no product to start it). The UFM on minibatches takes autograd steps of f.
     """
 
     def __init__(
-        self, network: nn.Module, optimizer: OptimizerFactory, loss: str | None = None, fused_steps: int = 1000
+        self,
+        network: nn.Module,
+        optimizer: OptimizerFactory,
+        loss: str | None = None,
+        fused_steps: int = 1000,
+        label_smoothing: float = 0.0,
+        feature_decay: float = 0.0,
+        classifier_decay: float = 0.0,
+        bias_decay: float = 0.0,
     ) -> None:
         super().__init__()
         loss = loss or default_loss_name(network)
-        if loss not in LOSSES:
-            raise ValueError(f"module.loss={loss!r} is not one of {sorted(LOSSES)}")
+        self.objective = Objective(loss, label_smoothing, feature_decay, classifier_decay, bias_decay)
         self.network = network
         self.optimizer_factory = optimizer
         self.loss_name = loss
-        self.loss_fn = LOSSES[loss]
+        self.loss_fn: Callable[[Tensor, Tensor], Tensor] = self.objective.data_term
         self.fused_steps = fused_steps
         self.automatic_optimization = not has_free_features(network)
         self.block_logits: tuple[tuple[int, ...], Tensor] | None = None
+
+    @property
+    def label_smoothing(self) -> float:
+        """s of the cross-entropy (``module.label_smoothing``)."""
+        return self.objective.label_smoothing
+
+    @property
+    def feature_decay(self) -> float:
+        """λ_H (``module.feature_decay``)."""
+        return self.objective.feature_decay
+
+    @property
+    def classifier_decay(self) -> float:
+        """λ_W (``module.classifier_decay``)."""
+        return self.objective.classifier_decay
+
+    @property
+    def bias_decay(self) -> float:
+        """λ_b (``module.bias_decay``)."""
+        return self.objective.bias_decay
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Logits of the network for a batch of inputs."""
         return self.network(inputs)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> StepOutput:
-        """One optimiser step (or a fused block of full-batch steps for the UFM); returns the summed loss and the
-        means over replicas of loss and accuracy (class docstring)."""
+        """One optimiser step (or a fused block of full-batch steps for the UFM); returns the summed objective and
+        the means over replicas of objective and accuracy (class docstring)."""
         inputs, labels = batch
         if self.automatic_optimization:
-            logits = self.network(inputs)
-            return self._step_output(self.loss_fn(logits, labels), logits, labels)
+            features = self.network.forward_features(inputs)
+            logits = self.network.head(features)
+            return self._step_output(self.objective_value(logits, labels, features), logits, labels)
         optimizer = self.optimizers()
-        if self.loss_name == "sum_squared" and inputs.shape[0] == self.network.features.shape[-2]:
+        features = self.network.features
+        if inputs.shape[0] == features.shape[-2]:
             row_labels = torch.empty_like(labels).index_copy_(0, inputs, labels)
             steps = steps_until_boundary(self.trainer, self.fused_steps)
             logits = closed_form_steps(
                 self.network, row_labels, optimizer, steps, logits=self.current_logits(),
-                through_optimizer=sees_every_optimizer_step(self.trainer),
+                through_optimizer=sees_every_optimizer_step(self.trainer), objective=self.objective,
             )
             self.block_logits = (self._state_stamp(), logits)
-            return self._step_output(self.loss_fn(logits, row_labels), logits, row_labels)
+            return self._step_output(self.objective_value(logits, row_labels, features), logits, row_labels)
         optimizer.zero_grad()
         logits = self.network(inputs)
-        output = self._step_output(self.loss_fn(logits, labels), logits, labels)
+        output = self._step_output(self.objective_value(logits, labels, features), logits, labels)
         self.manual_backward(output["loss"])
         optimizer.step()
         return output | {"loss": output["loss"].detach()}
+
+    def objective_value(self, logits: Tensor, labels: Tensor, features: Tensor) -> Tensor:
+        """f per replica: the data term of ``logits`` against ``labels`` plus the decays of the head's W and b and of
+        ``features`` (all of H for the UFM, the batch's penultimate features for a backbone)."""
+        value = self.objective.data_term(logits, labels)
+        if not self.objective.is_regularised:
+            return value
+        head = self.network.head
+        bias = head.bias if getattr(head, "has_bias", True) else None
+        return value + self.objective.penalty(features, head.weight, bias)
 
     def current_logits(self) -> Tensor | None:
         """Logits ``(R, n, C)`` of every training sample in the network's present state if the last fused block left
@@ -96,8 +150,9 @@ class CollapseModule(L.LightningModule):
         return tuple(stamp)
 
     def _step_output(self, loss_per_replica: Tensor, logits: Tensor, labels: Tensor) -> StepOutput:
-        """The loss summed over replicas (what is optimised) with the detached means over replicas of the loss
-        and the accuracy; the means also go to the progress bar (``logger=False``: no batch-indexed logging)."""
+        """The objective summed over replicas (what is optimised) with the detached means over replicas of the
+        objective and the accuracy; the means also go to the progress bar (``logger=False``: no batch-indexed
+        logging)."""
         accuracy = (logits.detach().argmax(dim=-1) == labels).to(logits.dtype).mean()
         mean_loss = loss_per_replica.detach().mean()
         self.log(LOSS_TAG, mean_loss, prog_bar=True, logger=False)

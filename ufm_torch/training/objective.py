@@ -1,19 +1,43 @@
-"""The UFM's empirical risk and its closed-form gradient (Mixon, Parshall and Pi, Section 3).
+"""The UFM's empirical risk, the regularised objective of every training run, and their closed-form gradients.
 
 Row convention: ``features`` has shape ``(..., n, p)`` (the paper's ``H`` transposed),
 ``weight`` ``(..., C, p)``, ``bias`` ``(..., C)``; leading dimensions are replicas.
+
+The paper's risk (Mixon, Parshall and Pi, Sections 2–3) is ``R = ½‖WH + b1ᵀ − Y‖²_F`` (:func:`ufm_risk`,
+:func:`ufm_gradients`). Every run trains the regularised objective of :class:`Objective`, per replica::
+
+    f(W, H, b) = D(W, H, b) + λ_W/2 ‖W‖²_F + λ_H/2 ‖H‖²_F + λ_b/2 ‖b‖²
+
+with the data term ``D`` of ``module.loss`` (:data:`ufm_torch.training.losses.LOSSES`): ``sum_squared`` (R itself,
+the UFM's default), ``mean_squared`` (R/n) or ``cross_entropy`` (the mean over samples, with label smoothing s).
+The mean-reduced objective with weight decay on W and b and *feature decay* λ_H on H is the regularised UFM of Zhu
+et al. 2021 ("A geometric analysis of neural collapse with unconstrained features"); with ``sum_squared``
+and no decay it is the paper's R. ``n = Σ_k n_k`` counts all samples; classes may be imbalanced.
+
+Closed-form gradient, with the residual ``R = ∂D/∂logits`` of shape ``(n, C)`` (rows are samples)::
+
+    ∇_features = R·W + λ_H F,    ∇_W = Rᵀ F + λ_W W,    ∇_b = Rᵀ1 + λ_b b
+
+``R = Z − Y`` (sum_squared), ``(Z − Y)/n`` (mean_squared), ``(softmax(Z) − Y_s)/n`` (cross_entropy, ``Y_s`` the
+smoothed targets), ``Z = FWᵀ + 1bᵀ`` the logits. A model without bias has ``b ≡ 0``: no λ_b term and no ∇_b.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-
-def one_hot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """Rows of ``Y``: the one-hot matrix ``I_C ⊗ 1_Nᵀ`` transposed, shape ``(n, C)``, written directly in ``dtype``."""
-    targets = torch.zeros(*labels.shape, num_classes, dtype=dtype, device=labels.device)
-    return targets.scatter_(-1, labels.unsqueeze(-1), 1.0)
+from ufm_torch.training.losses import (
+    LOSSES,
+    MEAN_REDUCED,
+    cross_entropy,
+    logit_residual,
+    one_hot_targets,
+    smoothed_targets,
+)
 
 
 def residual(features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
@@ -41,3 +65,87 @@ def ufm_gradients(
         residual_rows.transpose(-1, -2) @ features,
         residual_rows.sum(dim=-2),
     )
+
+
+@dataclass(frozen=True)
+class Objective:
+    """``f = D + λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (module docstring): what a run minimises.
+
+    ``loss`` names the data term D (``module.loss``), ``label_smoothing`` is s (``cross_entropy`` only),
+    ``feature_decay`` λ_H, ``classifier_decay`` λ_W, ``bias_decay`` λ_b (each ≥ 0; the defaults give the paper's
+    risk). ``bias`` arguments are None for a bias-free model (b ≡ 0).
+    """
+
+    loss: str = "sum_squared"
+    label_smoothing: float = 0.0
+    feature_decay: float = 0.0
+    classifier_decay: float = 0.0
+    bias_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"module.loss={self.loss!r} is not one of {sorted(LOSSES)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"module.label_smoothing={self.label_smoothing} must lie in [0, 1)")
+        if self.label_smoothing and self.loss != "cross_entropy":
+            raise ValueError(f"module.label_smoothing applies to cross_entropy only, not to {self.loss}")
+        for name in ("feature_decay", "classifier_decay", "bias_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"module.{name}={value} must be a finite number >= 0")
+
+    @property
+    def is_regularised(self) -> bool:
+        """Whether any decay is non-zero (otherwise f = D)."""
+        return bool(self.feature_decay or self.classifier_decay or self.bias_decay)
+
+    def residual_scale(self, num_samples: int) -> float:
+        """The factor of ``R = ∂D/∂logits`` in front of ``Z − Y`` (or ``softmax(Z) − Y_s``): 1/n for the
+        mean-reduced losses, 1 for ``sum_squared``."""
+        return 1.0 / num_samples if self.loss in MEAN_REDUCED else 1.0
+
+    def targets(self, labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+        """Rows of ``Y`` (or of the smoothed ``Y_s`` for the cross-entropy), shape ``(n, C)``."""
+        return smoothed_targets(labels, num_classes, dtype, self.label_smoothing)
+
+    def data_term(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """``D`` per replica from the logits ``(..., n, C)``."""
+        if self.loss == "cross_entropy":
+            return cross_entropy(logits, labels, self.label_smoothing)
+        return LOSSES[self.loss](logits, labels)
+
+    def penalty(self, features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (only the non-zero terms are computed)."""
+        total = weight.new_zeros(weight.shape[:-2])
+        if self.classifier_decay:
+            total = total + 0.5 * self.classifier_decay * weight.square().sum(dim=(-1, -2))
+        if self.feature_decay:
+            total = total + 0.5 * self.feature_decay * features.square().sum(dim=(-1, -2))
+        if self.bias_decay and bias is not None:
+            total = total + 0.5 * self.bias_decay * bias.square().sum(dim=-1)
+        return total
+
+    def value(self, features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:
+        """``f(W, H, b)`` per replica, shape ``(...)``."""
+        logits = features @ weight.transpose(-1, -2)
+        if bias is not None:
+            logits = logits + bias.unsqueeze(-2)
+        return self.data_term(logits, labels) + self.penalty(features, weight, bias)
+
+    def gradients(
+        self, features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Closed-form ``(∇_features, ∇_W, ∇_b)`` of f (module docstring); ``∇_b`` is None without a bias."""
+        logits = features @ weight.transpose(-1, -2)
+        if bias is not None:
+            logits = logits + bias.unsqueeze(-2)
+        targets = self.targets(labels, weight.shape[-2], logits.dtype)
+        rows = logit_residual(self.loss, logits, targets)
+        grad_features = rows @ weight + self.feature_decay * features
+        grad_weight = rows.transpose(-1, -2) @ features + self.classifier_decay * weight
+        grad_bias = None if bias is None else rows.sum(dim=-2) + self.bias_decay * bias
+        return grad_features, grad_weight, grad_bias
+
+
+PAPER_OBJECTIVE = Objective()
+"""The paper's risk ``½‖WH + b1ᵀ − Y‖²_F`` without decay (Mixon et al., Section 2)."""
