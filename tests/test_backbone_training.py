@@ -23,7 +23,7 @@ from ufm_torch.models import MLP
 from ufm_torch.run_folder.metrics_log import read_records
 from ufm_torch.training.module import CollapseModule
 
-SIDES = ("backbone", "ufm")
+SIDES = ("backbone", "ufm", "ufm_regularized")
 UFM_PLOT = Path(sys.executable).parent / "ufm-plot"
 METRIC_TAGS = (
     {f"collapse/{name}" for name in NC_METRIC_NAMES}
@@ -81,7 +81,7 @@ def test_training_features_are_computed_once_per_evaluation(tmp_path: Path) -> N
     assert sum(evaluation_rows) == evaluations * (40 + len(datamodule.splits.heldout_labels))
 
 
-def test_comparison_is_one_multirun_of_backbone_and_ufm_with_the_same_shape(tmp_path: Path) -> None:
+def test_comparison_is_one_multirun_of_backbone_and_both_ufms_with_the_same_shape(tmp_path: Path) -> None:
     folder = tmp_path / "compare"
     result = run_ufm_train(
         "experiment=compare_digits", f"hydra.run.dir={folder}", "data.num_classes=3", "data.samples_per_class=6",
@@ -94,13 +94,17 @@ def test_comparison_is_one_multirun_of_backbone_and_ufm_with_the_same_shape(tmp_
         name: (config["data"]["num_classes"], config["data"]["samples_per_class"], config["model"]["feature_dim"])
         for name, config in configs.items()
     }
-    assert shapes == {"backbone": (3, 6, 4), "ufm": (3, 6, 4)}
+    assert shapes == dict.fromkeys(SIDES, (3, 6, 4))
     assert configs["ufm"]["module"]["loss"] == "sum_squared" and configs["backbone"]["module"]["loss"] == "mean_squared"
+    regularized, backbone_decay = configs["ufm_regularized"]["module"], configs["backbone"]["optimizer"]["weight_decay"]
+    assert regularized["loss"] == "mean_squared"
+    assert regularized["feature_decay"] == regularized["classifier_decay"] == backbone_decay
     for name in SIDES:
         assert read_records(folder / name / "metrics.jsonl")[-1]["step"] == 12
+    assert "optimum/loss_gap" in read_records(folder / "ufm_regularized" / "metrics.jsonl")[-1]
     assert (folder / "figures" / "compare.png").stat().st_size > 0
     summary = list(csv.DictReader((folder / "sweep_summary.csv").open()))
-    assert [row["job"] for row in summary] == ["backbone", "ufm"]
+    assert [row["job"] for row in summary] == list(SIDES)
     assert all(float(row["collapse/nc1"]) >= 0 for row in summary)
 
 

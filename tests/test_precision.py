@@ -132,3 +132,14 @@ def test_backbone_in_bf16_mixed_precision_finishes_with_finite_float64_metrics(t
     for record in records:
         metrics = {tag: value for tag, value in record.items() if "/" in tag}
         assert len(metrics) >= 15 and all(value is not None and math.isfinite(value) for value in metrics.values())
+
+
+def test_the_gpu_preset_gives_backbones_bf16_mixed_and_the_ufm_its_dtype() -> None:
+    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
+        backbone = compose(config_name="train", overrides=["trainer=gpu", "model=mlp", "data=digits", "run_dir=x"])
+        ufm = compose(config_name="train", overrides=["trainer=gpu", "model.dtype=float32", "run_dir=x"])
+        older_gpu = compose(config_name="train", overrides=["trainer=gpu", "model=mlp", "data=digits",
+                                                            "trainer.precision=16-mixed", "run_dir=x"])  # fmt: skip
+    assert resolve_precision(backbone) == "bf16-mixed"
+    assert resolve_precision(ufm) == "32-true"
+    assert resolve_precision(older_gpu) == "16-mixed"

@@ -28,7 +28,11 @@ from ufm_torch.metrics.tags import (
     short_name,
 )
 
-RUN_TITLES = {"backbone": "Backbone", "ufm": "Unconstrained features model"}
+RUN_TITLES = {
+    "backbone": "Backbone",
+    "ufm": "Unconstrained features model",
+    "ufm_regularized": "Regularised UFM (the backbone's λ)",
+}
 PANELS = {
     "Neural collapse": NC_TAGS,
     "Strong neural collapse": SNC_TAGS,
@@ -125,7 +129,7 @@ def collapse_figure(
                 axes.set_ylabel(panel)
             if row == len(panels) - 1:
                 axes.set_xlabel("fraction of training (step / max_steps)")
-            if axes.lines:
+            if any(not line.get_label().startswith("_") for line in axes.lines):
                 axes.legend(fontsize=8, loc="best")
     grid[-1][0].set_ylim(-0.02, 1.02)
     note = "dotted: first evaluation with 100% training accuracy; zeros (e.g. NC4 = 0) are not drawn on log axes"

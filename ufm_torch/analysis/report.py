@@ -28,6 +28,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ufm_torch.analysis.comparison import collapse_figure
+from ufm_torch.analysis.laboratory_figures import minority_collapse_figure, regularization_figure
 from ufm_torch.analysis.paper_figures import (
     RunSetup,
     TheoryCurve,
@@ -62,6 +63,8 @@ class ReportSettings:
 
     paper_figures: bool = False
     comparison: bool = False
+    regularization: bool = False
+    minority_collapse: bool = False
     dpi: int = 150
     snc3_theory: bool = True
     print_summary: bool = True
@@ -192,9 +195,17 @@ def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = F
     report.written += draw_sweep_figures(jobs, table, sweep_dir / FIGURES_DIR)
     if tensorboard:
         report.written += write_sweep_hparams(table, sweep_dir / HPARAMS_DIR)
-    if any(ReportSettings.of(job.config).comparison for job in jobs) and any(job.records for job in jobs):
-        dpi = ReportSettings.of(jobs[0].config).dpi
-        report.written.append(save_figure(comparison_figure(jobs), sweep_dir / FIGURES_DIR / "compare.png", dpi))
+    settings = [ReportSettings.of(job.config) for job in jobs]
+    dpi = settings[0].dpi if settings else ReportSettings.dpi
+    drawn = [job for job in jobs if job.records]
+    laboratory = (
+        ("compare.png", "comparison", comparison_figure),
+        ("regularization.png", "regularization", regularization_figure),
+        ("minority_collapse.png", "minority_collapse", minority_collapse_figure),
+    )
+    for name, flag, draw in laboratory:
+        if drawn and any(getattr(setting, flag) for setting in settings):
+            report.written.append(save_figure(draw(drawn), sweep_dir / FIGURES_DIR / name, dpi))
     return report
 
 

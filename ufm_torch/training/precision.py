@@ -4,7 +4,7 @@
 |----------|-------------------|---------------------------------------|----------------------------------------|
 | UFM      | float64 (default) | ``64-true``                           | ``64-true`` (or ``64``) only           |
 | UFM      | float32           | ``32-true``                           | ``32-true`` (or ``32``) only           |
-| backbone | (none)            | ``32-true``                           | any of :data:`PRECISIONS` (Lightning's) |
+| backbone | (none)            | ``32-true`` (``bf16-mixed`` on gpu)   | any of :data:`PRECISIONS` (Lightning's) |
 
 The UFM trains in ``model.dtype`` (float64 is the paper's setting): its fused closed-form steps
 (:mod:`ufm_torch.training.fused_descent`) multiply the parameters directly, in their own dtype, so Lightning's mixed
@@ -35,6 +35,10 @@ UFM_PRECISION_OF_DTYPE = {"float64": "64-true", "float32": "32-true"}
 
 UFM_DEFAULT_DTYPE = "float64"
 BACKBONE_DEFAULT_PRECISION = "32-true"
+BACKBONE_GPU_PRECISION = "bf16-mixed"
+"""A backbone's precision on an explicit GPU preset (``trainer=gpu``, ``trainer.accelerator: gpu``): bf16 autocast
+with float32 weights, Lightning's ``bf16-mixed`` (Ampere or newer; set ``trainer.precision=16-mixed`` or ``32-true``
+on older GPUs)."""
 
 
 def canonical_precision(value: Any) -> str:
@@ -57,13 +61,16 @@ def trains_free_features(cfg: DictConfig) -> bool:
 def resolve_precision(cfg: DictConfig) -> str:
     """The ``precision`` the Trainer gets for the composed ``cfg``, by the policy in this module's table.
 
-    ``trainer.precision`` null (or absent) lets the policy decide: the UFM's ``model.dtype``, float32 for a backbone.
+    ``trainer.precision`` null (or absent) lets the policy decide: the UFM's ``model.dtype``, float32 for a backbone
+    (``bf16-mixed`` when ``trainer.accelerator`` is ``gpu``, as in the ``trainer=gpu`` preset).
     On the UFM an explicit value must agree with ``model.dtype``; mixed or half precision is refused. Raises
     :class:`ConfigError` with one line naming the keys and what is allowed.
     """
     requested = OmegaConf.select(cfg, "trainer.precision")
     precision = None if requested is None else canonical_precision(requested)
     if not trains_free_features(cfg):
+        if precision is None and OmegaConf.select(cfg, "trainer.accelerator") == "gpu":
+            return BACKBONE_GPU_PRECISION
         return precision or BACKBONE_DEFAULT_PRECISION
     dtype = str(OmegaConf.select(cfg, "model.dtype", default=UFM_DEFAULT_DTYPE))
     derived = UFM_PRECISION_OF_DTYPE.get(dtype)
