@@ -61,8 +61,13 @@ class MetricsLog:
 def record_line(record: dict[str, Any]) -> str:
     """One line of ``metrics.jsonl``: ``record`` as strict JSON, NaN values (undefined) as ``null``.
 
-    ``ValueError`` naming the key for ±inf (module docstring): nothing non-finite is written as a number.
+    ``ValueError`` naming the key for ±inf (module docstring): nothing non-finite is written as a number. A record
+    of finite numbers (every evaluation of a balanced run) is encoded in one pass.
     """
+    try:
+        return json.dumps(record, allow_nan=False) + "\n"
+    except ValueError:
+        pass
     values = {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in record.items()}
     for key, value in values.items():
         if isinstance(value, float) and math.isinf(value):
