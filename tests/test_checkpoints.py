@@ -89,3 +89,14 @@ def test_cli_refuses_a_bad_checkpoint_before_touching_the_run_folder(tmp_path: P
     status = json.loads((run / "status.json").read_text())
     assert status["final_metrics"]["step"] == 20
     assert status["final_metrics"]["train/accuracy"] == read_records(run / "metrics.jsonl")[-1]["train/accuracy"]
+
+
+def test_a_trained_bias_does_not_load_into_a_bias_free_ufm(tmp_path: Path) -> None:
+    with_bias = ufm_module()
+    with torch.no_grad():
+        with_bias.network.head.bias.fill_(0.25)
+    path = saved_checkpoint(tmp_path / "bias.ckpt", with_bias)
+    bias_free = CollapseModule(UnconstrainedFeatures(3, 3, 15, bias=False), optimizer=with_bias.optimizer_factory)
+    with pytest.raises(ConfigError, match=r"trained network\.head\.bias, but model\.bias=false"):
+        check_resume(str(path), tmp_path, bias_free)
+    assert check_resume(str(saved_checkpoint(tmp_path / "free.ckpt", bias_free)), tmp_path, bias_free)

@@ -42,7 +42,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def check_compatible(path: Path, checkpoint: dict[str, Any], module: nn.Module) -> None:
     """:class:`ConfigError` when the checkpoint's parameters do not fit ``module`` (another network, or another C, N,
-    p or number of replicas): the first key that is missing, unexpected or of another shape."""
+    p or number of replicas): the first key that is missing, unexpected or of another shape, or a nonzero bias for a
+    bias-free head (whose ``head.bias`` is a zero buffer of the same key and shape)."""
     saved: dict[str, torch.Tensor] = checkpoint["state_dict"]
     expected = module.state_dict()
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
@@ -50,7 +51,12 @@ def check_compatible(path: Path, checkpoint: dict[str, Any], module: nn.Module) 
         raise ConfigError(f"ckpt_path={path} does not fit this config: it has no {missing[0]} (another model?)")
     if unexpected:
         raise ConfigError(f"ckpt_path={path} does not fit this config: it has {unexpected[0]}, which this model lacks")
+    trained = dict(module.named_parameters())
     for key, tensor in expected.items():
+        if key.endswith("head.bias") and key not in trained and bool(saved[key].any()):
+            raise ConfigError(
+                f"ckpt_path={path} does not fit this config: it has a trained {key}, but model.bias=false here"
+            )
         if tuple(saved[key].shape) != tuple(tensor.shape):
             raise ConfigError(
                 f"ckpt_path={path} does not fit this config: {key} has shape {tuple(saved[key].shape)} there and "
