@@ -4,8 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# A second environment for the tests that need torchvision (ResNet-18, MNIST, CIFAR-10): torchvision does not
+# import next to the CPU torch above, so .venv-vision gets a matching torch/torchvision pair of its own.
+VISION_VENV ?= .venv-vision
+VISION_BIN := $(VISION_VENV)/bin
+TORCH_VISION ?= torch==2.14.1 torchvision==0.29.1
+VISION_STAMP := $(VISION_VENV)/.installed
 
-.PHONY: install test lint reproduce benchmark gpu-check clean
+.PHONY: install test test-vision lint reproduce benchmark gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +25,20 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check ufm_torch callbacks tests benchmarks
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -m "not vision"
+
+$(VISION_BIN)/python:
+	$(PYTHON) -m venv $(VISION_VENV)
+
+$(VISION_STAMP): $(VISION_BIN)/python pyproject.toml
+	$(VISION_BIN)/pip install $(TORCH_VISION)
+	$(VISION_BIN)/pip install -e ".[dev,vision]"
+	touch $(VISION_STAMP)
+
+# The vision-marked tests; importing torchvision first makes a broken pair fail here instead of skipping the tests.
+test-vision: $(VISION_STAMP)
+	$(VISION_BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(VISION_BIN)/python -m pytest -n 2 -q -m vision
 
 lint: $(STAMP)
 	$(BIN)/ruff check ufm_torch callbacks tests benchmarks
@@ -34,11 +53,13 @@ benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_monitor
 
-gpu-check: $(STAMP)
-	@$(BIN)/python -c "import torch; print('CUDA device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (the gpu tests skip, the benchmark times the CPU only)')"
-	$(BIN)/python -m pytest -m gpu -q
-	$(BIN)/python -m benchmarks.bench_gpu_crossover
-	$(BIN)/python -m benchmarks.bench_gpu_crossover --dtype float32
+# On a GPU machine: the CUDA build of torch lives in .venv-vision (.venv holds the CPU build), so the gpu tests and
+# the crossover benchmark run there.
+gpu-check: $(VISION_STAMP)
+	@$(VISION_BIN)/python -c "import torch; print('CUDA device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (the gpu tests skip, the benchmark times the CPU only)')"
+	$(VISION_BIN)/python -m pytest -m gpu -q
+	$(VISION_BIN)/python -m benchmarks.bench_gpu_crossover
+	$(VISION_BIN)/python -m benchmarks.bench_gpu_crossover --dtype float32
 
 clean:
-	rm -rf $(VENV) outputs/runs outputs/multiruns
+	rm -rf $(VENV) $(VISION_VENV) outputs/runs outputs/multiruns

@@ -41,7 +41,9 @@ class CollapseMonitor(L.Callback):
     """Evaluates every collapse metric on the whole training set at scheduled steps and writes it everywhere.
 
     Schedule: :func:`ufm_torch.metrics.schedule.evaluation_steps` (step 0, ``points_per_decade`` geometric points per
-    decade, every ``every_n_steps`` steps if set, and the last step). Each evaluation goes to ``metrics.jsonl``
+    decade, every ``every_n_steps`` steps if set, and the last step); with ``in_epochs`` (minibatch backbones) the
+    geometric points are epochs of the training loader (its batches per epoch, one optimiser step each), each
+    evaluated at its last step. Each evaluation goes to ``metrics.jsonl``
     in ``output_dir`` (float64, one line per replica), to each TensorBoard replica run ``eps=<ε>/rep=<k>``
     under the TensorBoard logger's folder, and to any other logger with a ``/eps=<ε>/rep=<k>`` suffix.
     Gram-matrix images (first copy of each init scale) are added at ``gram_images`` evaluations spread over the
@@ -56,11 +58,13 @@ class CollapseMonitor(L.Callback):
         points_per_decade: int = 10,
         every_n_steps: int | None = None,
         gram_images: int = 4,
+        in_epochs: bool = False,
     ) -> None:
         super().__init__()
         self.output_dir = Path(output_dir)
         self.points_per_decade = points_per_decade
         self.every_n_steps = every_n_steps
+        self.in_epochs = in_epochs
         self.gram_images = gram_images
         self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE)
         self.steps: list[int] = []
@@ -75,7 +79,8 @@ class CollapseMonitor(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build the schedule, open the log (dropping records past a resumed checkpoint) and evaluate the start."""
-        steps = evaluation_steps(trainer.max_steps, self.points_per_decade, self.every_n_steps)
+        steps_per_epoch = optimiser_steps_per_epoch(trainer) if self.in_epochs else None
+        steps = evaluation_steps(trainer.max_steps, self.points_per_decade, self.every_n_steps, steps_per_epoch)
         self.steps = steps
         self.schedule = set(steps)
         picks = torch.linspace(0, len(steps) - 1, max(self.gram_images, 1)).round().long().unique()
@@ -205,6 +210,15 @@ class CollapseMonitor(L.Callback):
                 "replica": record["replica"],
             }
             write_hparams(writer, hyper, final, record["step"])
+
+
+def optimiser_steps_per_epoch(trainer: L.Trainer) -> int:
+    """Optimiser steps in one epoch of this process's training loader (Lightning steps at the end of an epoch also
+    when gradient accumulation is incomplete)."""
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or batches < 1:
+        raise ValueError(f"callbacks.collapse_monitor.in_epochs needs a training loader of known length, not {batches}")
+    return math.ceil(int(batches) / trainer.accumulate_grad_batches)
 
 
 def hparam_value(value: Any) -> int | float | str | bool:

@@ -59,18 +59,6 @@ def test_resnet18_small_names_the_vision_extra_without_torchvision() -> None:
         pytest.skip("torchvision is importable")
 
 
-def test_resnet18_small_keeps_small_images_at_full_resolution() -> None:
-    pytest.importorskip("torchvision")
-    network = resnet18_small(10, in_channels=3)
-    assert network.body.conv1.kernel_size == (3, 3) and network.body.conv1.stride == (1, 1)
-    assert isinstance(network.body.maxpool, torch.nn.Identity)
-    inputs = torch.randn(2, 3, 32, 32)
-    assert network.forward_features(inputs).shape == (2, 512)
-    assert network(inputs).shape == (2, 10)
-    projected = resnet18_small(10, in_channels=1, feature_dim=32)
-    assert projected.forward_features(torch.randn(2, 1, 28, 28)).shape == (2, 32)
-
-
 def test_measure_backbone_equals_metrics_of_all_training_features() -> None:
     module, datamodule = digits_module()
     values = measure_backbone(module, datamodule).values

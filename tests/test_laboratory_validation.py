@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import run_ufm_train
 from tests.test_validation import compose_train
@@ -66,3 +67,10 @@ def test_cli_refuses_a_bias_decay_without_bias_with_exit_2(tmp_path: Path) -> No
     (line,) = result.stderr.strip().splitlines()
     assert "module.bias_decay=0.1" in line and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "status.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+@pytest.mark.parametrize("trainer", ["gpu", "ddp"])
+def test_a_gpu_preset_without_cuda_is_one_line(trainer: str) -> None:
+    with pytest.raises(ConfigError, match=r"trainer\.accelerator=gpu needs a CUDA device"):
+        validate_config(compose_train(f"trainer={trainer}", "model=mlp", "data=digits"))

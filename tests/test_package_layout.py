@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
@@ -130,7 +131,8 @@ def group_options() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("group", "option"), group_options())
-def test_every_option_of_every_config_group_composes(group: str, option: str) -> None:
+def test_every_option_of_every_config_group_composes(group: str, option: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # GPU presets validate as on a CUDA machine
     primary = {"data", "model", "optimizer", "trainer", "callbacks", "logger", "experiment"}
     choice = f"[{option}]" if group == "callbacks" else option
     overrides = [f"{'' if group in primary else '+'}{group}={choice}", "run_dir=unused"]

@@ -123,6 +123,7 @@ def test_legacy_processed_mnist_files_count_as_present(tmp_path: Path) -> None:
     assert MNISTDataModule(root=str(tmp_path)).files_present()
 
 
+@pytest.mark.vision
 def test_mnist_loads_a_balanced_subset_from_torchvisions_raw_layout(tmp_path: Path) -> None:
     pytest.importorskip("torchvision")
     write_fake_mnist(tmp_path, train_per_class=4, test_per_class=2)

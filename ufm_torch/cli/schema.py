@@ -113,6 +113,7 @@ class CollapseMonitorConfig(Section):
 
     points_per_decade: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
     every_n_steps: PositiveInt | None = absent_or("null or an integer >= 1")
+    in_epochs: StrictBool = absent_or(TRUE_OR_FALSE)
 
 
 class TrainingCurvesConfig(Section):

@@ -34,8 +34,9 @@ CONFIG_DIR = Path(conf.__file__).parent
 
 
 def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Seed, instantiate every object named by ``cfg``, check the checkpoint to resume from, call ``before_fit``
-    (nothing of the run folder is written before it), and train.
+    """Seed, instantiate every object named by ``cfg``, check the data (``prepare_data``: settings, files,
+    download) and the checkpoint to resume from, call ``before_fit`` (nothing of the run folder is written before
+    it), and train.
 
     Returns the final metrics: those of the collapse monitor's last evaluation over the whole training set (mean
     over replicas), or the trainer's last logged values when no monitor runs.
@@ -44,6 +45,9 @@ def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     datamodule = instantiate(cfg.data)
+    # Here, in the main process, before the Trainer starts any other (DDP spawns them): missing or damaged data
+    # files, and a download that fails, are one ConfigError line (exit 2) before the run folder changes.
+    datamodule.prepare_data()
     network = instantiate(cfg.model)
     module = instantiate(cfg.module, network=network, optimizer=instantiate(cfg.optimizer))
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]

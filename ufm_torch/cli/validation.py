@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pydantic import ValidationError
@@ -19,7 +20,7 @@ from ufm_torch.data.ufm import class_sizes
 from ufm_torch.errors import ConfigError
 from ufm_torch.metrics.tags import scalar_tags
 from ufm_torch.models import default_loss_name, target_object
-from ufm_torch.training.precision import resolve_precision
+from ufm_torch.training.precision import resolve_precision, trains_free_features
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -129,12 +130,46 @@ def check_regularisers(cfg: DictConfig) -> None:
         )
 
 
+def check_backbone_only_keys(cfg: DictConfig) -> None:
+    """``module.scheduler`` (a scheduler partial) and ``callbacks.collapse_monitor.in_epochs`` apply to backbones:
+    the UFM's fused closed-form steps bypass Lightning's scheduler stepping, and its epochs are not passes over data."""
+    scheduler = OmegaConf.select(cfg, "module.scheduler")
+    if scheduler is not None and (not isinstance(scheduler, DictConfig) or "_target_" not in scheduler):
+        raise ConfigError(
+            f"module.scheduler={scheduler} is not allowed; it must be null or a scheduler partial (_target_, "
+            "_partial_: true, and its arguments)"
+        )
+    if not trains_free_features(cfg):
+        return
+    if scheduler is not None:
+        raise ConfigError(
+            f"module.scheduler={scheduler._target_} applies to backbones only: the UFM's closed-form steps do not "
+            "go through Lightning's scheduler; set module.scheduler=null"
+        )
+    if OmegaConf.select(cfg, "callbacks.collapse_monitor.in_epochs"):
+        raise ConfigError(
+            "callbacks.collapse_monitor.in_epochs=true applies to backbones only (a UFM batch is a block of fused "
+            "steps, not a pass over data); set it to false and use points_per_decade or every_n_steps"
+        )
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """``trainer.accelerator=gpu`` (``trainer=gpu``, ``trainer=ddp``, the Papyan presets) needs a CUDA device."""
+    if OmegaConf.select(cfg, "trainer.accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={cfg.trainer.accelerator} needs a CUDA device and torch sees none (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda is not None}); use trainer=default on this machine"
+        )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check every user-facing key; raise :class:`ConfigError` on the first mistake, warn on hopeless settings."""
     check_schema(resolved_config(cfg))
+    check_accelerator(cfg)
     check_class_sizes(cfg)
     training_samples(cfg)
     check_regularisers(cfg)
+    check_backbone_only_keys(cfg)
     objective = cfg.get("objective")
     if objective is not None and objective not in scalar_tags():
         raise ConfigError(f"objective={objective} is not a metric tag; use null or one of {', '.join(scalar_tags())}")

@@ -36,16 +36,23 @@ def balanced_indices(
 
     Raises :class:`ConfigError` when a class has fewer than N samples.
     """
+    check_samples_available(labels, num_classes, samples_per_class, dataset)
     chosen = []
     for label in range(num_classes):
         members = (labels == label).nonzero().flatten()
-        if members.numel() < samples_per_class:
-            raise ConfigError(
-                f"data.samples_per_class={samples_per_class} is more than the {members.numel()} samples of "
-                f"class {label} in {dataset}"
-            )
         chosen.append(members[torch.randperm(members.numel(), generator=generator)[:samples_per_class]])
     return torch.cat(chosen)
+
+
+def check_samples_available(labels: Tensor, num_classes: int, samples_per_class: int, dataset: str) -> None:
+    """Raise :class:`ConfigError` unless each class ``c < C`` of ``labels`` has at least N samples."""
+    counts = torch.bincount(labels.flatten(), minlength=num_classes)[:num_classes]
+    for label, count in enumerate(counts.tolist()):
+        if count < samples_per_class:
+            raise ConfigError(
+                f"data.samples_per_class={samples_per_class} is more than the {count} samples of class {label} in "
+                f"{dataset}"
+            )
 
 
 def complement(indices: Tensor, size: int) -> Tensor:
@@ -104,6 +111,11 @@ class BalancedDataModule(L.LightningDataModule):
 
     def check_config(self) -> None:
         """Raise :class:`ConfigError` for settings that do not fit the data set (before anything is loaded)."""
+
+    def prepare_data(self) -> None:
+        """Check the settings (and a data set's files) in the calling process. ``ufm-train`` calls it in its main
+        process before the Trainer starts any other (DDP spawns processes), so a mistake is one line there."""
+        self.check_config()
 
     def load_splits(self) -> Splits:
         """The raw (unstandardised) training and held-out sets; implemented by each data set."""

@@ -19,6 +19,8 @@ StepOutput = dict[str, Tensor]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
 
 class CollapseModule(L.LightningModule):
     """Trains ``network`` (exposing ``head``, ``forward_features`` and ``forward``) against one-hot labels.
@@ -38,7 +40,11 @@ class CollapseModule(L.LightningModule):
 
     The loss of a step is the sum over replicas of the per-replica f, so every replica receives exactly the
     gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
-    parameters. ``training_step`` returns ``{"loss": Σ_r f_r, "train/loss": mean_r f_r, "train/accuracy": mean_r
+    parameters; ``scheduler`` (None: a constant learning rate) is a partial that receives the optimiser and returns a
+    ``torch.optim.lr_scheduler`` scheduler, stepped after every optimiser step (Lightning's ``interval: step``), so
+    its milestones count steps, e.g. ``MultiStepLR`` with ``milestones=[T/3, 2T/3]`` (Papyan et al. 2020). Backbones
+    only: the UFM's fused steps do not go through Lightning's scheduler stepping (the config checks refuse it).
+    ``training_step`` returns ``{"loss": Σ_r f_r, "train/loss": mean_r f_r, "train/accuracy": mean_r
     acc_r}`` for the state at ``global_step`` (after a fused block, the state it leaves): ``train/loss`` is the whole
     objective f, penalties included, so that the divergence guard and the optimum gap see what is minimised
     (:meth:`objective_value`; :attr:`loss_fn` is D alone). The loggers receive these at true optimiser steps from
@@ -63,12 +69,14 @@ class CollapseModule(L.LightningModule):
         feature_decay: float = 0.0,
         classifier_decay: float = 0.0,
         bias_decay: float = 0.0,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
         loss = loss or default_loss_name(network)
         self.objective = Objective(loss, label_smoothing, feature_decay, classifier_decay, bias_decay)
         self.network = network
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.loss_name = loss
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] = self.objective.data_term
         self.fused_steps = fused_steps
@@ -159,6 +167,11 @@ class CollapseModule(L.LightningModule):
         self.log(TRAIN_ACCURACY_TAG, accuracy, logger=False)
         return {"loss": loss_per_replica.sum(), LOSS_TAG: mean_loss, TRAIN_ACCURACY_TAG: accuracy}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The configured optimiser over all parameters of the network."""
-        return self.optimizer_factory(self.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        """The configured optimiser over all parameters of the network, with its scheduler (stepped every step) if
+        one is configured."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "step", "frequency": 1}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
