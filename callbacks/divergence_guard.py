@@ -53,20 +53,30 @@ class DivergenceGuard(L.Callback):
         self.finite_losses = step_finite if self.finite_losses is None else self.finite_losses & step_finite
         due = step - self.last_finite_step >= self.check_every_n_steps
         if due or due_within(trainer, self.last_finite_step, step, exclude=self):
-            self.check(trainer, pl_module, step, float(loss.sum()) if loss.numel() else float("nan"))
+            self.check(trainer, pl_module, step, loss)
 
-    def check(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, loss: float) -> None:
+    def check(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, loss: Tensor) -> None:
         """Raise :class:`DivergenceError` unless every loss since the last check and every parameter is finite on
-        every process."""
+        every process.
+
+        The parameter scan is skipped when the step's loss was computed from the present state (a fused UFM block
+        that left its logits, ``pl_module.current_logits()``): every entry of H, W and b enters some logit, and
+        IEEE arithmetic (inf·0 = NaN, NaN and ±inf propagate through products and sums) makes that loss non-finite
+        whenever a parameter is. After an optimiser step (backbones, minibatches) the loss is the state's before it,
+        so the parameters are scanned.
+        """
         finite = self.finite_losses if self.finite_losses is not None else torch.tensor(True)
-        for parameter in pl_module.parameters():
-            finite = finite & torch.isfinite(parameter).all()
+        current_logits = getattr(pl_module, "current_logits", None)
+        if not callable(current_logits) or current_logits() is None:
+            for parameter in pl_module.parameters():
+                finite = finite & torch.isfinite(parameter).all()
         self.finite_losses = None
         if trainer.strategy.reduce_boolean_decision(finite, all=True):
             self.last_finite_step = step
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        value = float(loss.sum()) if loss.numel() else float("nan")
         raise DivergenceError(
             f"training diverged at step {step} (last finite state checked: step {self.last_finite_step}): "
-            f"loss = {loss:.6g}; lower optimizer.lr (now {lr:g})"
+            f"loss = {value:.6g}; lower optimizer.lr (now {lr:g})"
         )
