@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from benchmarks.common import best_time, single_thread, train_with_ufm_train
+from benchmarks.common import best_time, print_replica_step_ratios, single_thread
 
 NUM_CLASSES, SAMPLES_PER_CLASS, FEATURE_DIM, LEARNING_RATE = 4, 5, 8, 0.5
 FEATURE_DECAY, CLASSIFIER_DECAY, BIAS_DECAY, LABEL_SMOOTHING = 1e-3, 5e-3, 1e-3, 0.1
@@ -72,21 +72,10 @@ def main() -> None:
     for loss in args.loss:
         numpy_per_step = best_time(lambda loss=loss: numpy_regularised_descent(loss, args.steps)) / args.steps
         print(f"{loss}: numpy loop {numpy_per_step * 1e6:.2f} us/step")
-        for replicas, target in ((1, 3.0), (64, 0.15)):
-            elapsed = best_time(
-                lambda replicas=replicas, loss=loss: train_with_ufm_train(
-                    *ufm_train_overrides(loss, args.steps, replicas)
-                ),
-                repeats=2,
-            )
-            per_replica_step = elapsed / (args.steps * replicas)
-            ratio = per_replica_step / numpy_per_step
-            verdict = "meets" if ratio <= target else "misses"
-            print(
-                f"{loss}: ufm-train, {replicas:>2} replica(s): {per_replica_step * 1e6:.2f} us/replica-step, "
-                f"ratio {ratio:.3f} (target <= {target}: {verdict})"
-            )
-
+        print_replica_step_ratios(
+            f"{loss}: ", numpy_per_step, args.steps, {1: 3.0, 64: 0.15},
+            lambda replicas, loss=loss: ufm_train_overrides(loss, args.steps, replicas),
+        )  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ import argparse
 
 import numpy as np
 
-from benchmarks.common import best_time, single_thread, train_with_ufm_train
+from benchmarks.common import best_time, print_replica_step_ratios, single_thread
 
 NUM_CLASSES, SAMPLES_PER_CLASS, FEATURE_DIM, LEARNING_RATE = 3, 3, 15, 0.05
 
@@ -40,21 +40,10 @@ def main() -> None:
     single_thread()
     numpy_per_step = best_time(lambda: numpy_gradient_descent(args.steps)) / args.steps
     print(f"numpy loop: {numpy_per_step * 1e6:.2f} us/step")
-    for replicas, target in ((1, 3.0), (64, 0.1)):
-        elapsed = best_time(
-            lambda replicas=replicas: train_with_ufm_train(
-                f"trainer.max_steps={args.steps}", f"model.replicas={replicas}", "model.init_scale=1e-3"
-            ),
-            repeats=2,
-        )
-        per_replica_step = elapsed / (args.steps * replicas)
-        ratio = per_replica_step / numpy_per_step
-        verdict = "meets" if ratio <= target else "misses"
-        print(
-            f"ufm-train, {replicas:>2} replica(s): {per_replica_step * 1e6:.2f} us/replica-step, "
-            f"ratio {ratio:.3f} (target <= {target}: {verdict})"
-        )
-
+    print_replica_step_ratios(
+        "", numpy_per_step, args.steps, {1: 3.0, 64: 0.1},
+        lambda replicas: [f"trainer.max_steps={args.steps}", f"model.replicas={replicas}", "model.init_scale=1e-3"],
+    )  # fmt: skip
 
 if __name__ == "__main__":
     main()

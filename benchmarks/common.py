@@ -44,3 +44,19 @@ def train_with_ufm_train(*overrides: str) -> float:
         build_and_fit(cfg)
         elapsed = time.perf_counter() - start
     return elapsed
+
+
+def print_replica_step_ratios(
+    label: str, numpy_per_step: float, steps: int, targets: dict[int, float], overrides: Callable[[int], list[str]]
+) -> None:
+    """Time ``ufm-train`` (best of 2) for each replica count of ``targets`` with ``overrides(replicas)`` and print
+    the cost per replica-step, its ratio to ``numpy_per_step`` (timed in the same run) and the verdict."""
+    for replicas, target in targets.items():
+        elapsed = best_time(lambda replicas=replicas: train_with_ufm_train(*overrides(replicas)), repeats=2)
+        per_replica_step = elapsed / (steps * replicas)
+        ratio = per_replica_step / numpy_per_step
+        verdict = "meets" if ratio <= target else "misses"
+        print(
+            f"{label}ufm-train, {replicas:>2} replica(s): {per_replica_step * 1e6:.2f} us/replica-step, "
+            f"ratio {ratio:.3f} (target <= {target}: {verdict})"
+        )

@@ -39,9 +39,10 @@ class TrainingCurves(L.Callback):
         return (step // interval + 1) * interval if interval else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Find the collapse monitor (whose evaluation steps are logged too) and tidy a resumed main run."""
+        """Find the collapse monitor (whose evaluation steps are logged too); without one, tidy a resumed TensorBoard
+        folder here (the monitor tidies the whole folder itself before it opens its runs)."""
         self.monitor = next((cb for cb in trainer.callbacks if isinstance(cb, CollapseMonitor)), None)
-        if trainer.global_step > 0 and trainer.is_global_zero:
+        if trainer.global_step > 0 and trainer.is_global_zero and self.monitor is None:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     truncate_tree(Path(logger.log_dir), trainer.global_step)
