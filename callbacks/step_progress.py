@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from ufm_torch.callbacks.training_curves import TrainingCurves
+
 
 class StepProgressBar(TQDMProgressBar):
     """TQDM bar whose position is ``global_step`` and whose total is ``max_steps``; redrawn at most every
@@ -31,3 +33,9 @@ class StepProgressBar(TQDMProgressBar):
         self._drawn_step = step
         self.train_progress_bar.n = step
         self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float | dict]:
+        """Lightning's bar metrics and the latest ``train/loss`` and ``train/accuracy`` of ``TrainingCurves``
+        (already on the host: no device read for the bar)."""
+        curves = next((cb for cb in trainer.callbacks if isinstance(cb, TrainingCurves)), None)
+        return super().get_metrics(trainer, pl_module) | (curves.latest if curves is not None else {})

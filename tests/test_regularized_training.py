@@ -19,6 +19,7 @@ from tests.test_fused_descent import (
     fused_trajectory,
     reference_objective,
 )
+from ufm_torch.callbacks.training_curves import TrainingCurves
 from ufm_torch.data import class_major_labels
 from ufm_torch.data.ufm import RepeatedBatch
 from ufm_torch.models import MLP, LinearHead, UnconstrainedFeatures
@@ -114,7 +115,7 @@ def test_fused_path_follows_autograd_on_the_regularised_objective(
     labels = class_major_labels(NUM_CLASSES, SAMPLES_PER_CLASS)
     reference = autograd_trajectory(small_ufm(bias), factory, STEPS, **settings)
     fused = small_ufm(bias)
-    trainer = fused_trajectory(fused, factory, STEPS, tmp_path, labels=labels, **settings)
+    trainer = fused_trajectory(fused, factory, STEPS, tmp_path, labels=labels, callbacks=[TrainingCurves()], **settings)
     assert trainer.global_step == STEPS
     assert_same_parameters(fused, reference)
     final_objective = reference_objective(fused, labels, **settings).detach() / fused.num_replicas

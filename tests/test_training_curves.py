@@ -13,6 +13,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
+from ufm_torch.callbacks.step_checkpoint import StepCheckpoint
+from ufm_torch.callbacks.step_progress import StepProgressBar
 from ufm_torch.callbacks.training_curves import TrainingCurves
 from ufm_torch.data import DigitsDataModule, UFMDataModule
 from ufm_torch.metrics.schedule import evaluation_steps
@@ -90,3 +92,46 @@ def test_curves_declare_their_steps_to_fused_blocks() -> None:
     curves = TrainingCurves(every_n_steps=250)
     assert [curves.next_due_step(step) for step in (0, 249, 250, 251)] == [250, 250, 500, 500]
     assert TrainingCurves().next_due_step(10) is None
+
+
+class LossAtSaves(L.Callback):
+    """``callback_metrics["train/loss"]`` (and its dtype) whenever a checkpoint is saved, by step."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[float, torch.dtype]] = {}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        value = trainer.callback_metrics[LOSS_TAG]
+        self.seen[trainer.global_step] = (float(value), value.dtype)
+
+
+def test_callback_metrics_and_the_bar_hold_the_curves_at_checkpoints_and_at_the_end(tmp_path: Path) -> None:
+    """What ``ModelCheckpoint(monitor=...)`` and the progress bar read: the curve's value at each checkpoint step and
+    at the last step (float64), while ``training_step`` itself logs nothing (``self.log`` only from the curves)."""
+    model = UnconstrainedFeatures(3, 3, 15, init_scale=[1e-1, 1e-2], replicas=2, seed=0)
+    module = CollapseModule(model, functools.partial(torch.optim.SGD, lr=0.05), fused_steps=1000)
+    logging_hooks: list[tuple[str, int]] = []
+    original_log = CollapseModule.log
+
+    def recording_log(self: CollapseModule, name: str, *args, **kwargs) -> None:
+        logging_hooks.append((self._current_fx_name, self.trainer.global_step))
+        original_log(self, name, *args, **kwargs)
+
+    curves, saves, bar = TrainingCurves(), LossAtSaves(), StepProgressBar(refresh_rate=50)
+    checkpoint = StepCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=100, save_top_k=-1)
+    trainer = L.Trainer(
+        max_steps=250, enable_model_summary=False, accelerator="cpu", precision="64-true", default_root_dir=tmp_path,
+        logger=TensorBoardLogger(tmp_path, name="tb", version=""),
+        callbacks=[CollapseMonitor(str(tmp_path), points_per_decade=5), curves, checkpoint, saves, bar],
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CollapseModule, "log", recording_log)
+        trainer.fit(module, datamodule=UFMDataModule(3, 3))
+    curve = dict(tensorboard_curve(tmp_path / "tb", LOSS_TAG))
+    assert sorted(saves.seen) == [100, 200]
+    for step, (value, dtype) in saves.seen.items():
+        assert dtype == torch.float64 and value == pytest.approx(curve[step], rel=1e-6), step
+    assert logging_hooks == [("on_train_batch_end", step) for step in (100, 100, 200, 200, 250, 250)]
+    assert float(trainer.callback_metrics[LOSS_TAG]) == curves.latest[LOSS_TAG]
+    assert float(trainer.callback_metrics[TRAIN_ACCURACY_TAG]) == curves.latest[TRAIN_ACCURACY_TAG]
+    assert bar.get_metrics(trainer, module)[LOSS_TAG] == curves.latest[LOSS_TAG] == pytest.approx(curve[250], rel=1e-6)

@@ -17,6 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
+STRICT_JSON = json.JSONEncoder(allow_nan=False)
+"""The encoder of every line (``json.dumps(..., allow_nan=False)`` would build a new one per record)."""
+
 
 class MetricsLog:
     """Appends records to ``path`` line by line; on resume keeps only records up to the resumed step."""
@@ -65,7 +68,7 @@ def record_line(record: dict[str, Any]) -> str:
     of finite numbers (every evaluation of a balanced run) is encoded in one pass.
     """
     try:
-        return json.dumps(record, allow_nan=False) + "\n"
+        return STRICT_JSON.encode(record) + "\n"
     except ValueError:
         pass
     values = {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in record.items()}
@@ -75,7 +78,7 @@ def record_line(record: dict[str, Any]) -> str:
                 f"{key}={value} at step {record.get('step')}, replica {record.get('replica')}: metrics.jsonl holds "
                 "finite numbers or null (undefined), never an infinite value"
             )
-    return json.dumps(values, allow_nan=False) + "\n"
+    return STRICT_JSON.encode(values) + "\n"
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import PIL.Image
 from matplotlib import colormaps
+from matplotlib.colors import Colormap
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
@@ -476,6 +477,13 @@ GRAM_IMAGE_PIXELS = 256
 most), so that encoding the image stays cheap for many classes."""
 
 
+@functools.cache
+def coolwarm() -> Colormap:
+    """Matplotlib's ``coolwarm``, looked up once (the registry hands out a fresh copy, whose colour table is then
+    rebuilt, on every lookup)."""
+    return colormaps["coolwarm"]
+
+
 def gram_comparison_image(gram: np.ndarray, cell_pixels: int | None = None) -> np.ndarray:
     """HWC uint8 image: ``gram`` (M̃ᵀM̃) and the simplex ETF side by side, colours on [−1, 1] (coolwarm).
 
@@ -485,7 +493,7 @@ def gram_comparison_image(gram: np.ndarray, cell_pixels: int | None = None) -> n
     cell_pixels = cell_pixels or min(16, max(1, GRAM_IMAGE_PIXELS // num_classes))
     separator = np.full((num_classes, 1), np.nan)
     panel = np.concatenate([gram, separator, simplex_etf_gram(num_classes)], axis=1)
-    colours = colormaps["coolwarm"]((np.nan_to_num(panel, nan=0.0) + 1.0) / 2.0)[..., :3]
+    colours = coolwarm()((np.nan_to_num(panel, nan=0.0) + 1.0) / 2.0)[..., :3]
     colours[np.isnan(panel)] = 1.0
     image = np.kron(colours, np.ones((cell_pixels, cell_pixels, 1)))
     return (255 * image).astype(np.uint8)
