@@ -4,8 +4,10 @@ Wall time on these shared machines varies by ±10 points from run to run (``benc
 the monitor moves it. Instruction counts do not: each of three processes runs two warm-up trainings and then nothing
 (``none``), the training without the monitor (``without``) or with it (``with``), under Valgrind's callgrind, and
 the overhead is ``(I_with − I_without) / (I_without − I_none)`` (about +19% when a wall-time median says +35%:
-instructions leave out cache misses, system calls and waiting for the GIL). Takes about 25 minutes (callgrind runs
-Python some 60 times slower); needs ``valgrind`` on the PATH.
+instructions leave out cache misses, system calls and waiting for the GIL). Counts repeat within a few percent, not
+exactly: the monitor's 2-second TensorBoard flush and the Lightning logger's writer thread depend on timing, so
+compare two versions counted at the same time. Takes about 25 minutes (callgrind runs Python some 60 times slower);
+needs ``valgrind`` on the PATH.
 """
 
 from __future__ import annotations
