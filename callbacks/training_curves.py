@@ -59,12 +59,6 @@ class TrainingCurves(L.Callback):
                 if isinstance(logger, TensorBoardLogger):
                     truncate_tree(Path(logger.log_dir), trainer.global_step)
 
-    def is_due(self, trainer: L.Trainer, step: int) -> bool:
-        """Whether ``step`` is on the cadence (class docstring)."""
-        return self.feeds_callback_metrics(trainer, step) or (
-            self.monitor is not None and self.monitor.is_evaluation_step(step)
-        )
-
     def feeds_callback_metrics(self, trainer: L.Trainer, step: int) -> bool:
         """Whether ``step`` is a multiple of ``every_n_steps``, a declared checkpoint step or the last step."""
         if self.every_n_steps and step % self.every_n_steps == 0:
@@ -76,16 +70,18 @@ class TrainingCurves(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Log the step's curves when it is due."""
+        """Log the step's curves when it is on the cadence (class docstring)."""
         step = trainer.global_step
-        if not isinstance(outputs, dict) or not self.is_due(trainer, step):
+        feeds_callback_metrics = self.feeds_callback_metrics(trainer, step)
+        evaluated = self.monitor is not None and self.monitor.is_evaluation_step(step)
+        if not isinstance(outputs, dict) or not (feeds_callback_metrics or evaluated):
             return
         values = torch.stack([outputs[tag].detach().to(torch.float64) for tag in CURVE_TAGS])
         values = trainer.strategy.reduce(values, reduce_op="mean")
         self.latest = dict(zip(CURVE_TAGS, values.cpu().tolist(), strict=True))
         for logger in trainer.loggers:
             logger.log_metrics(self.latest, step)
-        if self.feeds_callback_metrics(trainer, step):
+        if feeds_callback_metrics:
             pl_module.log_dict(dict(zip(CURVE_TAGS, values, strict=True)), logger=False)
         self.logged_steps.append(step)
 
