@@ -11,7 +11,7 @@ VISION_BIN := $(VISION_VENV)/bin
 TORCH_VISION ?= torch==2.14.1 torchvision==0.29.1
 VISION_STAMP := $(VISION_VENV)/.installed
 
-.PHONY: install test test-vision lint reproduce benchmark gpu-check clean
+.PHONY: install test test-slow test-vision lint reproduce benchmark gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# Every test but the slow and the vision ones (at most 3 minutes on 2 cores); test-slow and test-vision run the rest.
 test: $(STAMP)
 	$(BIN)/ruff check ufm_torch callbacks tests benchmarks
-	$(BIN)/python -m pytest -n 2 -q -m "not vision"
+	$(BIN)/python -m pytest -n 2 -q -m "not vision and not slow"
+
+# The slow tests that need no torchvision: sweeps, DDP, killed and resumed runs, the paper run.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m "slow and not vision"
 
 $(VISION_BIN)/python:
 	$(PYTHON) -m venv $(VISION_VENV)

@@ -1,11 +1,13 @@
-"""The collapse monitor: NC1–NC4, SNC1–SNC3 and dist_S on a geometric step schedule, for every replica."""
+"""The collapse monitor: every collapse metric of any LightningModule, at every named layer, on the training and
+held-out data, on a geometric step schedule, written to every logger and to ``metrics.jsonl``."""
 
 from __future__ import annotations
 
 import bisect
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +15,28 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from ufm_torch.errors import ConfigError
 from ufm_torch.metrics import centred_mean_directions
-from ufm_torch.metrics.network import NetworkMeasurement, measure_backbone, measure_free_features
+from ufm_torch.metrics.layers import BATCH_KEYS, FeatureMap, default_classifier, find_module, is_linear_classifier
+from ufm_torch.metrics.network import (
+    HELDOUT,
+    TRAIN,
+    MeasurementPlan,
+    NetworkMeasurement,
+    measure_free_features,
+    measure_layers,
+)
 from ufm_torch.metrics.schedule import evaluation_steps
+from ufm_torch.metrics.statistics import ClassLabels, class_labels
 from ufm_torch.metrics.tags import GRAM_IMAGE_TAG
-from ufm_torch.models import has_free_features
+from ufm_torch.models import ReplicaIdentity, has_free_features
 from ufm_torch.run_folder.event_files import truncate_tree
 from ufm_torch.run_folder.layout import METRICS_FILE
 from ufm_torch.run_folder.metrics_log import MetricsLog
-from ufm_torch.run_folder.names import replica_run_name
+from ufm_torch.run_folder.names import measurement_run_name, replica_run_name
 from ufm_torch.run_folder.tensorboard import (
     add_image,
     add_scalar_rows,
@@ -32,50 +45,137 @@ from ufm_torch.run_folder.tensorboard import (
     write_hparams,
 )
 from ufm_torch.theory.optimum import UFMOptimum, UFMProblem, optimum_metrics, solve_optimum
+from ufm_torch.training.module import CollapseModule
 
 TENSORBOARD_FLUSH_SECONDS = 2.0
 """The replica runs reach TensorBoard at most this long after an evaluation (and all of them at the end)."""
 
 
 class CollapseMonitor(L.Callback):
-    """Evaluates every collapse metric on the whole training set at scheduled steps and writes it everywhere.
+    """Measures neural collapse in any LightningModule at scheduled steps and writes it everywhere.
 
-    Schedule: :func:`ufm_torch.metrics.schedule.evaluation_steps` (step 0, ``points_per_decade`` geometric points per
-    decade, every ``every_n_steps`` steps if set, and the last step); with ``in_epochs`` (minibatch backbones) the
-    geometric points are epochs of the training loader (its batches per epoch, one optimiser step each), each
-    evaluated at its last step. Each evaluation goes to ``metrics.jsonl``
-    in ``output_dir`` (float64, one line per replica), to each TensorBoard replica run ``eps=<ε>/rep=<k>``
-    under the TensorBoard logger's folder, and to any other logger with a ``/eps=<ε>/rep=<k>`` suffix.
-    Gram-matrix images (first copy of each init scale) are added at ``gram_images`` evaluations spread over the
-    schedule. The replica runs are flushed at least every ``TENSORBOARD_FLUSH_SECONDS`` and before each checkpoint;
-    on resume, the events that a killed run wrote after the checkpoint are dropped
-    (:mod:`ufm_torch.run_folder.event_files`), so TensorBoard holds the steps of ``metrics.jsonl``, each once.
+    **What.** ``layers`` are module names of the LightningModule (as in ``named_modules()``), each read at its output
+    through a forward hook; ``classifier`` names its linear classifier (an ``nn.Linear``; default: the last one), whose
+    *input* is always measured and is the main layer. A 4-D activation becomes rows by ``feature_map``: ``"pool"``
+    (global average pooling, the default) or ``"flatten"``. Every layer gets NC1, ``nc1_quotient``, the NC2 variants,
+    CDNV and GNC2; the classifier's input also NC3, NC4, UNC3, the nearest-centre agreement and SNC1–SNC3
+    (definitions in :mod:`ufm_torch.metrics`). C is the classifier's number of outputs, or ``num_classes``.
+
+    **Data.** The training set is ``train_dataloader``, else the datamodule's ``train_eval_dataloader()`` when it has
+    one, else the trainer's training loader; held-out data is ``heldout_dataloader``, else the datamodule's
+    ``heldout_dataloader()`` when it has one (NC1, CDNV, NC4 and the agreement with the training class centres, and
+    ``heldout/accuracy``). Batches are ``(inputs, labels)`` or dicts with the keys ``batch_keys``. The loaders should
+    not augment: the second pass must see the data of the first. Measurement runs in eval mode under
+    ``torch.inference_mode`` and restores every module's mode; under DDP each sample counts once.
+
+    **When.** :func:`ufm_torch.metrics.schedule.evaluation_steps`: step 0, ``points_per_decade`` geometric points per
+    decade, every ``every_n_steps`` steps if set, and the last step (with ``in_epochs`` the geometric points are
+    epochs of the training loader). Fused UFM steps stop at each (:meth:`next_due_step`).
+
+    **Where.** Each evaluation goes to ``metrics.jsonl`` in ``output_dir`` (default: the trainer's ``log_dir``):
+    one record per replica, layer and split, with ``layer`` (the module name) and ``split`` (``train`` or
+    ``heldout``) next to ``step``; to one TensorBoard run per replica, layer and split under the TensorBoard logger's
+    folder (``backbone``, ``backbone/layer=<name>``, ``backbone/heldout``; a UFM's ``eps=<ε>/rep=<k>``), each holding
+    the same tags, so one Custom Scalars chart per metric has one line per layer and split; and to any other logger
+    as ``<tag>/<run>``, always at the true ``global_step`` whatever ``log_every_n_steps`` is. Gram-matrix images (first
+    copy of each init scale) are added at ``gram_images`` evaluations spread over the schedule. The runs are flushed
+    at least every ``TENSORBOARD_FLUSH_SECONDS`` and before each checkpoint; on resume, the events that a killed run
+    wrote after the checkpoint are dropped (:mod:`ufm_torch.run_folder.event_files`).
+
+    Bad input is a one-line :class:`ufm_torch.errors.ConfigError` before training: a layer or classifier name that is
+    not a module (with the closest names), a classifier that is not linear, labels outside ``[0, C)``, a batch or an
+    activation that cannot be read.
     """
 
     def __init__(
         self,
-        output_dir: str,
+        output_dir: str | os.PathLike | None = None,
         points_per_decade: int = 10,
         every_n_steps: int | None = None,
         gram_images: int = 4,
         in_epochs: bool = False,
+        layers: Sequence[str] | None = None,
+        classifier: str | None = None,
+        train_dataloader: DataLoader | None = None,
+        heldout_dataloader: DataLoader | None = None,
+        feature_map: str = "pool",
+        num_classes: int | None = None,
+        batch_keys: Sequence[str] = BATCH_KEYS,
     ) -> None:
         super().__init__()
-        self.output_dir = Path(output_dir)
+        self.output_dir = None if output_dir is None else Path(output_dir)
         self.points_per_decade = points_per_decade
         self.every_n_steps = every_n_steps
         self.in_epochs = in_epochs
         self.gram_images = gram_images
-        self.metrics_log = MetricsLog(self.output_dir / METRICS_FILE)
+        self.layers = tuple(layers or ())
+        self.classifier = classifier
+        self.train_dataloader = train_dataloader
+        self.heldout_dataloader = heldout_dataloader
+        try:
+            self.feature_map = FeatureMap(feature_map)
+        except ValueError:
+            allowed = [option.value for option in FeatureMap]
+            raise ConfigError(f"feature_map={feature_map!r} is not allowed; it must be one of {allowed}") from None
+        self.num_classes = num_classes
+        self.batch_keys = tuple(batch_keys)
+        self.plan: MeasurementPlan | None = None
+        self.free_features = False
+        self.metrics_log: MetricsLog | None = None
         self.steps: list[int] = []
         self.schedule: set[int] = set()
         self.image_steps: set[int] = set()
         self.writers: list[Any] = []
+        self.run_names: list[str] = []
+        self.identities: list[ReplicaIdentity] = []
         self.last_records: list[dict[str, Any]] = []
+        self.last_evaluation: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.class_means: Tensor | None = None
-        self.measure: Callable[[L.LightningModule, L.LightningDataModule], NetworkMeasurement] = measure_backbone
         self.optimum: UFMOptimum | None = None
+        self.labels: ClassLabels | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Resolve and check what to measure (:meth:`check`) and where ``metrics.jsonl`` goes."""
+        self.check(pl_module)
+        output_dir = self.output_dir or Path(trainer.log_dir or trainer.default_root_dir)
+        self.metrics_log = MetricsLog(Path(output_dir) / METRICS_FILE)
+
+    def check(self, pl_module: L.LightningModule) -> MeasurementPlan:
+        """Resolve the classifier, the layers and C for ``pl_module``; a mistake is a one-line :class:`ConfigError`
+        (``ufm-train`` calls this before the run folder changes)."""
+        network = measured_network(pl_module)
+        self.free_features = has_free_features(network)
+        classifier = self.classifier or default_classifier(pl_module)
+        if classifier is not None and not is_linear_classifier(find_module(pl_module, classifier, "classifier")):
+            kind = type(find_module(pl_module, classifier, "classifier")).__name__
+            raise ConfigError(f"classifier {classifier!r} is a {kind}, not an nn.Linear: name the linear classifier")
+        for name in self.layers:
+            find_module(pl_module, name, "layer")
+        layers = tuple(dict.fromkeys(([classifier] if classifier else []) + list(self.layers)))
+        if not layers:
+            raise ConfigError(
+                f"{type(pl_module).__name__} has no nn.Linear classifier: name one with classifier=... or list the "
+                "layers to measure with layers=[...]"
+            )
+        if self.free_features and layers != (classifier,):
+            raise ConfigError(
+                f"the UFM has one layer, the input of its classifier {classifier!r} (its features H); layers "
+                f"{[name for name in layers if name != classifier]} cannot be measured"
+            )
+        num_classes = self.num_classes
+        if classifier is not None:
+            num_classes = find_module(pl_module, classifier, "classifier").weight.shape[-2]
+            if self.num_classes is not None and self.num_classes != num_classes:
+                raise ConfigError(
+                    f"num_classes={self.num_classes} but classifier {classifier!r} has {num_classes} outputs"
+                )
+        if num_classes is None or num_classes < 2:
+            raise ConfigError(
+                f"the collapse monitor needs num_classes ≥ 2 when no classifier is named, got {num_classes}"
+            )
+        self.plan = MeasurementPlan(layers, classifier, num_classes, self.feature_map, self.batch_keys)
+        return self.plan
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Build the schedule, open the log (dropping records past a resumed checkpoint) and evaluate the start."""
@@ -85,18 +185,50 @@ class CollapseMonitor(L.Callback):
         self.schedule = set(steps)
         picks = torch.linspace(0, len(steps) - 1, max(self.gram_images, 1)).round().long().unique()
         self.image_steps = {steps[i] for i in picks.tolist()} if self.gram_images else set()
-        network = pl_module.network
-        self.measure = measure_free_features if has_free_features(network) else measure_backbone
-        self.optimum = global_optimum(pl_module, trainer.datamodule)
+        network = measured_network(pl_module)
+        self.identities = replica_identities(network)
+        if self.free_features:
+            labels = trainer.datamodule.labels.to(network.features.device)
+            self.labels = class_labels(labels, labels.shape[0], self.plan.num_classes)
+            self.optimum = global_optimum(pl_module, trainer.datamodule)
+        entries = self.measured_entries(trainer)
+        replica_runs = [replica_run_name(identity.init_scale, identity.copy) for identity in self.identities]
+        main = self.plan.layers[0]
+        self.run_names = [
+            measurement_run_name(run, layer, split, main) for layer, split in entries for run in replica_runs
+        ]
         if trainer.is_global_zero:
-            self.metrics_log.open(trainer.global_step, replicas=network.num_replicas)
-            names = [replica_run_name(replica.init_scale, replica.copy) for replica in network.replica_identities()]
+            self.metrics_log.open(trainer.global_step, records_per_evaluation=len(self.run_names))
             tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
             if tensorboard is not None:
                 if trainer.global_step > 0:
                     truncate_tree(Path(tensorboard.log_dir), trainer.global_step)
-                self.writers = open_replica_writers(Path(tensorboard.log_dir), names)
+                self.writers = open_replica_writers(Path(tensorboard.log_dir), self.run_names)
         self._evaluate_if_due(trainer, pl_module, trainer.global_step, force=trainer.global_step == 0)
+
+    def measured_entries(self, trainer: L.Trainer) -> list[tuple[str, str]]:
+        """``(layer, split)`` of every measurement of an evaluation, in the order of :class:`NetworkMeasurement`."""
+        splits = [TRAIN] if self.free_features or self.heldout_loader(trainer) is None else [TRAIN, HELDOUT]
+        return [(layer, split) for split in splits for layer in self.plan.layers]
+
+    def training_loader(self, trainer: L.Trainer) -> DataLoader:
+        """The data the metrics are measured on (class docstring)."""
+        if self.train_dataloader is not None:
+            return self.train_dataloader
+        datamodule = getattr(trainer, "datamodule", None)
+        if hasattr(datamodule, "train_eval_dataloader"):
+            return datamodule.train_eval_dataloader()
+        loader = trainer.train_dataloader
+        if loader is None:
+            raise ConfigError("the collapse monitor found no training data: pass train_dataloader=... to it")
+        return loader
+
+    def heldout_loader(self, trainer: L.Trainer) -> DataLoader | None:
+        """Held-out data, if any (class docstring)."""
+        if self.heldout_dataloader is not None:
+            return self.heldout_dataloader
+        datamodule = getattr(trainer, "datamodule", None)
+        return datamodule.heldout_dataloader() if hasattr(datamodule, "heldout_dataloader") else None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Evaluate when the step just taken is on the schedule."""
@@ -127,7 +259,8 @@ class CollapseMonitor(L.Callback):
         for writer in self.writers:
             writer.close()
         self.writers = []
-        self.metrics_log.close()
+        if self.metrics_log is not None:
+            self.metrics_log.close()
 
     def is_evaluation_step(self, step: int) -> bool:
         """Whether ``step`` is on the evaluation schedule."""
@@ -145,39 +278,61 @@ class CollapseMonitor(L.Callback):
         if (step in self.schedule or force) and trainer.strategy.broadcast(step not in self.metrics_log.logged_steps):
             self.evaluate(trainer, pl_module, step)
 
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> NetworkMeasurement:
+        """Every metric of the present state (:mod:`ufm_torch.metrics.network`), with the UFM's distances to its
+        global optimum when it has one."""
+        if self.free_features:
+            network = pl_module.network
+            measurement = measure_free_features(
+                network, self.labels, self.plan.layers[0], pl_module.objective_value, pl_module.current_logits()
+            )
+            if self.optimum is not None:
+                measurement.values.update(distances_to_optimum(network, trainer.datamodule.labels, self.optimum))
+            return measurement
+        objective = pl_module.objective_value if isinstance(pl_module, CollapseModule) else None
+        return measure_layers(
+            pl_module, self.plan, self.training_loader(trainer), self.heldout_loader(trainer), objective
+        )
+
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        """Measure at ``step`` and write one record per replica to the log, the loggers and TensorBoard."""
-        values, self.class_means = self.measure(pl_module, trainer.datamodule)
-        if self.optimum is not None:
-            values |= distances_to_optimum(pl_module, trainer.datamodule, self.optimum)
+        """Measure at ``step`` and write one record per replica, layer and split to the log, the loggers and
+        TensorBoard."""
+        measurement = self.measure(trainer, pl_module)
+        self.class_means = measurement.class_means
         if not trainer.is_global_zero:
             return
-        names = list(values)
-        table = torch.stack([values[name] for name in names], dim=-1).cpu().tolist()
-        network = pl_module.network
-        records = [
-            {"step": step, "replica": r, "init_scale": scale, "copy": copy, "seed": seed}
-            | dict(zip(names, row, strict=True))
-            for r, ((scale, copy, seed), row) in enumerate(zip(network.replica_identities(), table, strict=True))
-        ]
+        tags = list(dict.fromkeys(tag for entry in measurement.layers for tag in entry.values))
+        records, table = [], []
+        for entry in measurement.layers:
+            nan = torch.full_like(next(iter(entry.values.values())), torch.nan)
+            rows = torch.stack([entry.values.get(tag, nan) for tag in tags], dim=-1).cpu().tolist()
+            measured = [column for column, tag in enumerate(tags) if tag in entry.values]
+            for r, (identity, row) in enumerate(zip(self.identities, rows, strict=True)):
+                record = {
+                    "step": step, "replica": r, "init_scale": identity.init_scale, "copy": identity.copy,
+                    "seed": identity.seed, "layer": entry.layer, "split": entry.split,
+                }  # fmt: skip
+                records.append(record | {tags[column]: row[column] for column in measured})
+                table.append(row)
         self.metrics_log.write(records)
-        self.last_records = records
-        add_scalar_rows(self.writers, names, table, step)
+        self.last_evaluation = records
+        self.last_records = records[: len(self.identities)]
+        add_scalar_rows(self.writers, tags, table, step)
         if time.monotonic() - self.last_flush > TENSORBOARD_FLUSH_SECONDS:
             self._flush()
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_metrics(
                     {
-                        f"{name}/{replica_run_name(rec['init_scale'], rec['copy'])}": rec[name]
-                        for rec in records
-                        for name in names
-                        if math.isfinite(rec[name])
+                        f"{tag}/{run}": value
+                        for run, record in zip(self.run_names, records, strict=True)
+                        for tag, value in record.items()
+                        if "/" in tag and math.isfinite(value)
                     },
                     step,
                 )
         if step in self.image_steps and self.writers:
-            self._add_gram_images(records, step)
+            self._add_gram_images(self.last_records, step)
 
     def _add_gram_images(self, records: list[dict], step: int) -> None:
         """M̃ᵀM̃ (from the class means of this evaluation) next to the simplex ETF, in the run of the first copy of
@@ -192,24 +347,38 @@ class CollapseMonitor(L.Callback):
     def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Per replica run: hyperparameters (ε, seed, C, N, p, lr, optimiser, command-line overrides) against its
         final metrics, so that the HPARAMS tab of a sweep folder compares the swept values."""
-        network = pl_module.network
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        classifier = find_module(pl_module, self.plan.classifier, "classifier") if self.plan.classifier else None
         shared = {
-            "num_classes": network.num_classes,
-            "samples_per_class": hparam_value(trainer.datamodule.samples_per_class),
-            "bias": bool(network.head.has_bias),
-            "feature_dim": network.feature_dim,
+            "num_classes": self.plan.num_classes,
+            "samples_per_class": hparam_value(getattr(trainer.datamodule, "samples_per_class", "unknown")),
+            "bias": bool(getattr(classifier, "has_bias", getattr(classifier, "bias", None) is not None)),
+            "feature_dim": int(self.class_means.shape[-1]) if self.class_means is not None else 0,
             "optimizer": type(optimizer).__name__ if optimizer else "none",
             "lr": float(optimizer.param_groups[0]["lr"]) if optimizer else 0.0,
         } | command_line_overrides()
         for writer, record in zip(self.writers, self.last_records, strict=False):
-            final = {k: v for k, v in record.items() if "/" in k}
+            final = {k: v for k, v in record.items() if "/" in k and v is not None}
             hyper = shared | {
-                "init_scale": record["init_scale"],
+                "init_scale": record["init_scale"] if record["init_scale"] is not None else "none",
                 "seed": str(record["seed"]),
                 "replica": record["replica"],
             }
             write_hparams(writer, hyper, final, record["step"])
+
+
+def measured_network(pl_module: L.LightningModule) -> nn.Module:
+    """The network a ufm-torch ``CollapseModule`` trains (``pl_module.network``), or the LightningModule itself."""
+    return pl_module.network if isinstance(pl_module, CollapseModule) else pl_module
+
+
+def replica_identities(network: nn.Module) -> list[ReplicaIdentity]:
+    """The network's replicas (``replica_identities()`` of the package's networks); one replica, seeded by the
+    global seed Lightning recorded (``PL_GLOBAL_SEED``), for any other network."""
+    if hasattr(network, "replica_identities"):
+        return list(network.replica_identities())
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return [ReplicaIdentity(None, 0, int(seed) if seed is not None else None)]
 
 
 def optimiser_steps_per_epoch(trainer: L.Trainer) -> int:
@@ -234,13 +403,13 @@ def command_line_overrides() -> dict[str, str]:
     return {key: value for key, _, value in overrides if key not in ("hydra.run.dir", "hydra.sweep.dir")}
 
 
-def global_optimum(pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> UFMOptimum | None:
+def global_optimum(pl_module: CollapseModule, datamodule: L.LightningDataModule) -> UFMOptimum | None:
     """The global optimum of the UFM objective ``pl_module`` trains (:mod:`ufm_torch.theory.optimum`): its loss,
-    decays, label smoothing and bias, and the class sizes of ``datamodule.labels``. None for a backbone, or unless
-    λ_W > 0 and λ_H > 0 and p ≥ C (the config checks warn about p < C)."""
+    decays, label smoothing and bias, and the class sizes of ``datamodule.labels``. None unless λ_W > 0 and λ_H > 0
+    and p ≥ C (the config checks warn about p < C)."""
     network = pl_module.network
     decays = (pl_module.classifier_decay, pl_module.feature_decay)
-    if not has_free_features(network) or min(decays) <= 0 or network.feature_dim < network.num_classes:
+    if min(decays) <= 0 or network.feature_dim < network.num_classes:
         return None
     problem = UFMProblem.from_labels(
         datamodule.labels, network.num_classes, loss=pl_module.loss_name, feature_dim=network.feature_dim,
@@ -250,14 +419,11 @@ def global_optimum(pl_module: L.LightningModule, datamodule: L.LightningDataModu
     return solve_optimum(problem)
 
 
-def distances_to_optimum(
-    pl_module: L.LightningModule, datamodule: L.LightningDataModule, optimum: UFMOptimum
-) -> dict[str, Tensor]:
+def distances_to_optimum(network: nn.Module, labels: Tensor, optimum: UFMOptimum) -> dict[str, Tensor]:
     """``optimum/loss_gap``, ``optimum/classifier_gram``, ``optimum/feature_gram`` and ``optimum/bias`` of every
     replica (float64, computed on the CPU from the parameters)."""
-    network = pl_module.network
     features, weight = network.features.detach().cpu().double(), network.head.weight.detach().cpu().double()
     bias = network.head.bias.detach().cpu().double() if network.head.has_bias else None
-    labels = datamodule.labels.cpu()
     device = network.features.device
-    return {tag: value.to(device) for tag, value in optimum_metrics(features, weight, bias, labels, optimum).items()}
+    values = optimum_metrics(features, weight, bias, labels.cpu(), optimum)
+    return {tag: value.to(device) for tag, value in values.items()}

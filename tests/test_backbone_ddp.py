@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from tests.conftest import run_ufm_train
-from ufm_torch.metrics.network import measure_backbone
+from tests.helpers import compose_train, run_ufm_train
+from tests.test_backbones import measure_backbone
 from ufm_torch.run_folder.metrics_log import read_records
 
 # 9 classes of 25 images: 225 samples, so the two processes hold shards of 113 and 112.
@@ -27,7 +27,9 @@ SETTINGS = (
 )
 
 
+@pytest.mark.slow
 def test_ddp_spawn_metrics_equal_single_process_metrics_on_the_same_weights(tmp_path: Path) -> None:
+    """``ufm-train`` in a process of its own, which spawns the two DDP processes."""
     run = tmp_path / "run"
     result = run_ufm_train(
         *SETTINGS,
@@ -36,6 +38,7 @@ def test_ddp_spawn_metrics_equal_single_process_metrics_on_the_same_weights(tmp_
         "trainer.max_steps=20",
         "callbacks.checkpoint.every_n_train_steps=20",
         "callbacks.progress.refresh_rate=0",
+        "callbacks.collapse_monitor.layers=[network.body.3]",
         f"hydra.run.dir={run}",
         cwd=tmp_path,
     )
@@ -43,14 +46,18 @@ def test_ddp_spawn_metrics_equal_single_process_metrics_on_the_same_weights(tmp_
     final = read_records(run / "metrics.jsonl")[-1]
     assert final["step"] == 20
 
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*SETTINGS, f"run_dir={run}"])
+    cfg = compose_train(*SETTINGS, run_dir=run)
     network = instantiate(cfg.model).double()
     module = instantiate(cfg.module, network=network, optimizer=None)
     checkpoint = torch.load(run / "checkpoints" / "step=20.ckpt", map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"])
-    single = measure_backbone(module, instantiate(cfg.data)).values
+    single = measure_backbone(module, instantiate(cfg.data), "network.body.3")
 
-    assert set(single) <= set(final)
-    for tag, value in single.items():
-        assert abs(float(value) - final[tag]) <= 1e-10, tag
+    records = read_records(run / "metrics.jsonl", every_layer=True)
+    last = {(record["layer"], record["split"]): record for record in records if record["step"] == 20}
+    assert set(last) == {(entry.layer, entry.split) for entry in single.layers}
+    for entry in single.layers:
+        recorded = last[entry.layer, entry.split]
+        assert set(entry.values) <= set(recorded)
+        for tag, value in entry.values.items():
+            assert abs(float(value) - recorded[tag]) <= 1e-10, (entry.layer, entry.split, tag)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import csv
 import shutil
 import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import run_ufm_train
+from tests.helpers import UFM_PLOT, fit_in_process, run_ufm_train
 from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import DigitsDataModule
 from ufm_torch.metrics import NC_METRIC_NAMES, SNC_METRIC_NAMES
@@ -24,7 +24,6 @@ from ufm_torch.run_folder.metrics_log import read_records
 from ufm_torch.training.module import CollapseModule
 
 SIDES = ("backbone", "ufm", "ufm_regularized")
-UFM_PLOT = Path(sys.executable).parent / "ufm-plot"
 METRIC_TAGS = (
     {f"collapse/{name}" for name in NC_METRIC_NAMES}
     | {f"strong_collapse/{name}" for name in SNC_METRIC_NAMES}
@@ -41,7 +40,8 @@ def scalar_tags(log_dir: Path) -> set[str]:
 
 def test_mlp_on_digits_logs_every_metric_tag(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_ufm_train(
+    fit_in_process(
+        run,
         "model=mlp",
         "data=digits",
         "module.loss=mean_squared",
@@ -49,10 +49,7 @@ def test_mlp_on_digits_logs_every_metric_tag(tmp_path: Path) -> None:
         "trainer.max_steps=30",
         "trainer.log_every_n_steps=10",
         "callbacks.progress.refresh_rate=0",
-        f"hydra.run.dir={run}",
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr
     records = read_records(run / "metrics.jsonl")
     assert [record["step"] for record in records] == evaluation_steps(30)
     for record in records:
@@ -81,6 +78,7 @@ def test_training_features_are_computed_once_per_evaluation(tmp_path: Path) -> N
     assert sum(evaluation_rows) == evaluations * (40 + len(datamodule.splits.heldout_labels))
 
 
+@pytest.mark.slow
 def test_comparison_is_one_multirun_of_backbone_and_both_ufms_with_the_same_shape(tmp_path: Path) -> None:
     folder = tmp_path / "compare"
     result = run_ufm_train(
@@ -108,6 +106,7 @@ def test_comparison_is_one_multirun_of_backbone_and_both_ufms_with_the_same_shap
     assert all(float(row["collapse/nc1"]) >= 0 for row in summary)
 
 
+@pytest.mark.slow
 def test_ufm_plot_on_a_comparison_folder_writes_both_models_metrics(tmp_path: Path) -> None:
     folder = tmp_path / "compare"
     trained = run_ufm_train(

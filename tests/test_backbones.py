@@ -7,10 +7,20 @@ import torch
 
 from ufm_torch.data import DigitsDataModule, UFMDataModule
 from ufm_torch.metrics import collapse_metrics
-from ufm_torch.metrics.network import measure_backbone, measure_free_features
+from ufm_torch.metrics.network import MeasurementPlan, NetworkMeasurement, measure_free_features, measure_layers
+from ufm_torch.metrics.statistics import class_labels
 from ufm_torch.models import MLP, ConvNet, LinearHead, UnconstrainedFeatures, resnet18_small
 from ufm_torch.run_folder.names import replica_run_name
 from ufm_torch.training.module import CollapseModule
+
+
+def measure_backbone(module: CollapseModule, datamodule: DigitsDataModule, *layers: str) -> NetworkMeasurement:
+    """What the collapse monitor measures of a backbone: the classifier's input (and ``layers``) on the training and
+    held-out data, with the module's objective."""
+    plan = MeasurementPlan(("network.head", *layers), "network.head", module.network.num_classes)
+    return measure_layers(
+        module, plan, datamodule.train_eval_dataloader(), datamodule.heldout_dataloader(), module.objective_value
+    )
 
 
 def digits_module(batch_norm: bool = True, **data: int) -> tuple[CollapseModule, DigitsDataModule]:
@@ -108,7 +118,9 @@ def test_backbone_and_ufm_are_measured_under_the_same_tags() -> None:
     backbone_tags = set(measure_backbone(module, datamodule).values)
     ufm = UnconstrainedFeatures(num_classes=5, samples_per_class=4, feature_dim=6)
     ufm_module = CollapseModule(ufm, optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
-    ufm_tags = set(measure_free_features(ufm_module, UFMDataModule(5, 4)).values)
+    labels = class_labels(UFMDataModule(5, 4).labels, 20, 5)
+    measured = measure_free_features(ufm, labels, "network.head", ufm_module.objective_value)
+    ufm_tags = set(measured.values)
     assert backbone_tags == ufm_tags | {"heldout/accuracy"}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_ufm_train
+from tests.helpers import ufm_train_in_process
 from ufm_torch.errors import ConfigError
 from ufm_torch.models import UnconstrainedFeatures
 from ufm_torch.run_folder.checkpoints import check_resume, resume_path
@@ -73,15 +73,15 @@ def test_a_checkpoint_of_another_shape_names_the_parameter(tmp_path: Path, sampl
 
 def test_cli_refuses_a_bad_checkpoint_before_touching_the_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    first = run_ufm_train(f"hydra.run.dir={run}", "trainer.max_steps=20", "callbacks.progress.refresh_rate=0",
-                          cwd=tmp_path)
+    first = ufm_train_in_process(f"hydra.run.dir={run}", "trainer.max_steps=20", "callbacks.progress.refresh_rate=0",
+                                 cwd=tmp_path)  # fmt: skip
     assert first.returncode == 0, first.stderr
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 20  # the final state, although no periodic checkpoint was due
     metrics = (run / "metrics.jsonl").read_bytes()
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x00" * 100)
-    result = run_ufm_train(f"hydra.run.dir={run}", "trainer.max_steps=40", f"ckpt_path={garbage}", cwd=tmp_path)
+    result = ufm_train_in_process(f"hydra.run.dir={run}", "trainer.max_steps=40", f"ckpt_path={garbage}", cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(garbage) in lines[0] and "Traceback" not in result.stderr

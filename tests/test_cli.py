@@ -1,4 +1,4 @@
-"""End-to-end runs of ``ufm-train`` in a subprocess."""
+"""Whole runs of ``ufm-train`` (in this process): the run folder, resuming, and what every logger receives."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import run_ufm_train
+from tests.helpers import fit_in_process, ufm_train_in_process
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.run_folder.metrics_log import read_records
+
+SHORT_RUN = ("trainer.max_steps=40", "callbacks.progress.refresh_rate=0")
+"""The ``short_run_overrides`` fixture's settings, for runs fitted without Hydra's run folder."""
 
 
 def scalar_tags(log_dir: Path) -> set[str]:
@@ -21,7 +24,7 @@ def scalar_tags(log_dir: Path) -> set[str]:
 
 
 def test_short_run_writes_hydra_tensorboard_checkpoint_and_metrics(tmp_path: Path, short_run_overrides) -> None:
-    result = run_ufm_train(
+    result = ufm_train_in_process(
         *short_run_overrides, "model.init_scale=[0.1,0.001]", "model.replicas=2", "trainer.log_every_n_steps=10",
         cwd=tmp_path,
     )
@@ -42,9 +45,9 @@ def test_short_run_writes_hydra_tensorboard_checkpoint_and_metrics(tmp_path: Pat
 
 
 def test_resuming_from_last_checkpoint_continues_the_step_count(tmp_path: Path, short_run_overrides) -> None:
-    first = run_ufm_train(*short_run_overrides, cwd=tmp_path)
+    first = ufm_train_in_process(*short_run_overrides, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    resumed = run_ufm_train(*short_run_overrides[:1], "trainer.max_steps=100", "ckpt_path=last", cwd=tmp_path)
+    resumed = ufm_train_in_process(*short_run_overrides[:1], "trainer.max_steps=100", "ckpt_path=last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     run = tmp_path / "run"
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -54,13 +57,12 @@ def test_resuming_from_last_checkpoint_continues_the_step_count(tmp_path: Path, 
     assert steps[-1] == 100 and 40 in steps and all(step in steps for step in evaluation_steps(100) if step > 40)
 
 
-def test_tensorboard_replica_runs_hold_every_metric_at_every_scheduled_step(tmp_path: Path, short_run_overrides):
-    result = run_ufm_train(*short_run_overrides, "model.init_scale=[0.1,0.001]", "model.replicas=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_tensorboard_replica_runs_hold_every_metric_at_every_scheduled_step(tmp_path: Path) -> None:
     run = tmp_path / "run"
+    fit_in_process(run, *SHORT_RUN, "model.init_scale=[0.1,0.001]", "model.replicas=2")
     records = read_records(run / "metrics.jsonl")
     metric_tags = [key for key in records[0] if "/" in key]
-    assert len(metric_tags) == 15
+    assert len(metric_tags) == 19  # 9 NC, 4 field (cdnv, gnc2, unc3, ncc_agreement), 4 SNC, loss, accuracy
     for replica_run in sorted((run / "tb").glob("eps=*/rep=*")):
         accumulator = EventAccumulator(str(replica_run), size_guidance={"scalars": 0, "images": 0})
         accumulator.Reload()
@@ -80,9 +82,8 @@ def test_tensorboard_replica_runs_hold_every_metric_at_every_scheduled_step(tmp_
             assert len(accumulator.Images("collapse/gram_vs_simplex_etf")) == 4
 
 
-def test_other_loggers_receive_every_metric_per_replica(tmp_path: Path, short_run_overrides) -> None:
-    result = run_ufm_train(*short_run_overrides, "logger=csv", "model.replicas=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_other_loggers_receive_every_metric_per_replica(tmp_path: Path) -> None:
+    fit_in_process(tmp_path / "run", *SHORT_RUN, "logger=csv", "model.replicas=2")
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for copy in (0, 1):
         assert f"strong_collapse/dist_S/eps=0.001/rep={copy}" in header

@@ -14,24 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_ufm_train
-from tests.test_real_data import write_idx
+from tests.helpers import CIFAR_FOLDER, MNIST_RAW, ufm_train_in_process, write_cifar10, write_idx, write_mnist
 from ufm_torch.data import CIFAR10DataModule, DatasetFileError, DatasetNotFoundError, MNISTDataModule
 from ufm_torch.data.torchvision_sets import DOWNLOAD_TIMEOUT_SECONDS, TorchvisionDataModule
 from ufm_torch.errors import ConfigError
-
-MNIST_RAW = Path("MNIST") / "raw"
-CIFAR_FOLDER = Path("cifar-10-batches-py")
-CIFAR_BATCHES = [f"data_batch_{k}" for k in range(1, 6)]
-
-
-def write_mnist(root: Path, train_per_class: int = 3, test_per_class: int = 2) -> None:
-    """MNIST's four IDX files in torchvision's raw layout: random images, class-major labels."""
-    for split, per_class in (("train", train_per_class), ("t10k", test_per_class)):
-        labels = torch.arange(10).repeat_interleave(per_class)
-        images = torch.randint(0, 256, (labels.numel(), 28, 28), generator=torch.Generator().manual_seed(per_class))
-        write_idx(root / MNIST_RAW / f"{split}-images-idx3-ubyte", images)
-        write_idx(root / MNIST_RAW / f"{split}-labels-idx1-ubyte", labels)
 
 
 def cifar_batch(per_class: int, seed: int) -> dict:
@@ -39,17 +25,6 @@ def cifar_batch(per_class: int, seed: int) -> dict:
     labels = np.arange(10).repeat(per_class)
     data = np.random.default_rng(seed).integers(0, 256, (labels.size, 3072), dtype=np.uint8)
     return {"batch_label": f"batch {seed}", "data": data, "labels": labels.tolist()}
-
-
-def write_cifar10(root: Path, per_class: int = 1, test_per_class: int = 1) -> None:
-    """CIFAR-10's five training batches, test batch and ``batches.meta`` (pickle protocol 2, like the real ones)."""
-    folder = root / CIFAR_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for seed, name in enumerate([*CIFAR_BATCHES, "test_batch"]):
-        batch = cifar_batch(test_per_class if name == "test_batch" else per_class, seed)
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    meta = {"label_names": [f"class {k}" for k in range(10)], "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
 
 
 def idx_bytes(dims: tuple[int, ...], magic: int | None = None) -> bytes:
@@ -131,12 +106,14 @@ def test_damaged_legacy_processed_mnist_file_is_named(tmp_path: Path) -> None:
 
 
 def test_good_mnist_files_pass_and_are_read_as_checked(tmp_path: Path) -> None:
-    write_mnist(tmp_path, train_per_class=3, test_per_class=2)
+    files = write_mnist(tmp_path, train_per_class=3, test_per_class=2)
     datamodule = MNISTDataModule(root=str(tmp_path), num_classes=4, samples_per_class=3)
     datamodule.prepare_data()
     assert datamodule.files_checked
     assert datamodule.splits.train_inputs.shape == (12, 1, 28, 28)
-    assert torch.equal(datamodule.splits.heldout_labels, torch.arange(4).repeat_interleave(2))
+    test_labels = files["t10k_labels"]
+    assert torch.equal(datamodule.splits.heldout_labels, test_labels[test_labels < 4])  # the test file's order
+    assert torch.equal(torch.bincount(datamodule.splits.heldout_labels), torch.full((4,), 2))
 
 
 def test_too_many_samples_per_class_is_found_before_training(tmp_path: Path) -> None:
@@ -193,7 +170,7 @@ def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path: Path) -> None:
 
 
 def test_good_cifar10_files_pass_and_are_read_as_checked(tmp_path: Path) -> None:
-    write_cifar10(tmp_path, per_class=2, test_per_class=1)
+    write_cifar10(tmp_path, train_per_class=10, test_per_class=1)
     datamodule = CIFAR10DataModule(root=str(tmp_path), num_classes=3, samples_per_class=10)
     datamodule.prepare_data()
     assert datamodule.splits.train_inputs.shape == (30, 3, 32, 32)
@@ -242,16 +219,16 @@ def test_ufm_train_stops_on_a_truncated_file_with_one_line(tmp_path: Path, train
     write_mnist(tmp_path / "data")
     truncate(tmp_path / "data" / MNIST_RAW / "train-images-idx3-ubyte")
     run = tmp_path / "run"
-    result = run_ufm_train(
+    result = ufm_train_in_process(
         "model=mlp", "data=mnist", f"data.root={tmp_path / 'data'}", "data.samples_per_class=2", f"trainer={trainer}",
-        "trainer.max_steps=2", "callbacks.progress.refresh_rate=0", f"hydra.run.dir={run}", cwd=tmp_path, timeout=180,
+        "trainer.max_steps=2", "callbacks.progress.refresh_rate=0", f"hydra.run.dir={run}", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith(f"ufm-train: error: {tmp_path / 'data' / MNIST_RAW / 'train-images-idx3-ubyte'} is ")
-    assert {path.name for path in run.iterdir()} <= {".hydra", "train.log"}  # Hydra's own files only
+    assert not run.exists()  # a rejected run leaves no folder behind
 
 
 # data.download=true: files that fail are replaced; no network is one line (vision)

@@ -20,12 +20,13 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from tests.conftest import run_ufm_train
-from tests.test_backbones import digits_module
+from tests.test_backbones import digits_module, measure_backbone
 from tests.test_fused_descent import OPTIMIZERS, autograd_trajectory, fused_trajectory
 from tests.test_metrics_streaming import accumulate, random_batches, streamed_metrics
 from ufm_torch.data import UFMDataModule, class_major_labels
 from ufm_torch.metrics import collapse_metrics
-from ufm_torch.metrics.network import NetworkMeasurement, measure_backbone, measure_free_features
+from ufm_torch.metrics.network import NetworkMeasurement, measure_free_features
+from ufm_torch.metrics.statistics import class_labels
 from ufm_torch.models import UnconstrainedFeatures
 from ufm_torch.run_folder.layout import METRICS_FILE
 from ufm_torch.run_folder.metrics_log import read_records
@@ -101,15 +102,23 @@ def test_measure_free_features_on_cuda_equals_the_cpu(state: str) -> None:
     network = ufm_state(state)
     module = CollapseModule(network, optimizer=lambda params: torch.optim.SGD(params, lr=0.05))
     datamodule = UFMDataModule(network.num_classes, network.samples_per_class)
-    on_device, on_cpu = measured_on_both(module, measure_free_features, datamodule)
+
+    def measure(measured: CollapseModule, data: UFMDataModule) -> NetworkMeasurement:
+        device_labels = data.labels.to(measured.network.features.device)
+        labels = class_labels(device_labels, device_labels.numel(), measured.network.num_classes)
+        return measure_free_features(measured.network, labels, "network.head", measured.objective_value)
+
+    on_device, on_cpu = measured_on_both(module, measure, datamodule)
     assert_agree(on_device.values, on_cpu.values)
     torch.testing.assert_close(on_device.class_means.cpu(), on_cpu.class_means, rtol=RTOL, atol=ATOL)
 
 
 def test_measure_backbone_on_cuda_equals_the_cpu() -> None:
     module, datamodule = digits_module()
-    on_device, on_cpu = measured_on_both(module, measure_backbone, datamodule)
-    assert_agree(on_device.values, on_cpu.values)
+    on_device, on_cpu = measured_on_both(module, lambda m, d: measure_backbone(m, d, "network.body.2"), datamodule)
+    for device_entry, cpu_entry in zip(on_device.layers, on_cpu.layers, strict=True):
+        assert (device_entry.layer, device_entry.split) == (cpu_entry.layer, cpu_entry.split)
+        assert_agree(device_entry.values, cpu_entry.values)
 
 
 @pytest.mark.parametrize("folded_bias_limit", [fused_descent.FOLDED_BIAS_LIMIT, 0], ids=["folded", "in_place"])

@@ -8,14 +8,13 @@ import json
 import math
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from tests.helpers import brute_force_nc, compose_train, quiet_trainer
 from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.data import UFMDataModule, class_major_labels, class_sizes
 from ufm_torch.metrics import nc_metrics, snc_metrics
@@ -30,15 +29,6 @@ from ufm_torch.training.module import CollapseModule
 
 SNC_TAGS = [metric_tag(name) for name in SNC_METRIC_NAMES]
 NC_TAGS = [metric_tag(name) for name in ("nc1", "nc1_quotient", "nc2_etf", "nc3", "nc4")]
-
-
-def quiet_trainer(max_steps: int, root: Path, callbacks: list | None = None) -> L.Trainer:
-    """A CPU float64 Trainer without loggers, checkpoints or progress output."""
-    return L.Trainer(
-        max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, precision="64-true", default_root_dir=root, accelerator="cpu",
-        callbacks=callbacks or [],
-    )  # fmt: skip
 
 
 # --- class_sizes ------------------------------------------------------------------------------------------------------
@@ -122,13 +112,12 @@ def test_the_configs_interpolate_the_same_sizes_into_the_model() -> None:
         ["data.samples_per_class=8", "data.imbalance_ratio=4", "data.minority_classes=1"],
         ["model.bias=false"],
     ]
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        for extra in overrides:
-            cfg = compose(config_name="train", overrides=["run_dir=unused", *extra])
-            model, data = instantiate(cfg.model), instantiate(cfg.data)
-            assert model.class_sizes == data.class_sizes
-            assert model.features.shape[-2] == data.labels.numel()
-            assert model.head.has_bias == ("model.bias=false" not in extra)
+    for extra in overrides:
+        cfg = compose_train(*extra)
+        model, data = instantiate(cfg.model), instantiate(cfg.data)
+        assert model.class_sizes == data.class_sizes
+        assert model.features.shape[-2] == data.labels.numel()
+        assert model.head.has_bias == ("model.bias=false" not in extra)
 
 
 def test_minibatches_of_an_imbalanced_set_cover_every_sample_once() -> None:
@@ -189,32 +178,13 @@ def test_bias_free_model_trains_with_its_bias_at_zero(
     indices = torch.arange(9)
     targets = torch.nn.functional.one_hot(data.labels, 3).to(torch.float64)
     before = 0.5 * (model(indices) - targets).square().sum(dim=(-1, -2)).detach()
-    quiet_trainer(100, tmp_path).fit(CollapseModule(model, OPTIMIZERS[optimizer], fused_steps=64), datamodule=data)
+    quiet_trainer(tmp_path, 100).fit(CollapseModule(model, OPTIMIZERS[optimizer], fused_steps=64), datamodule=data)
     after = 0.5 * (model(indices) - targets).square().sum(dim=(-1, -2)).detach()
     assert torch.all(after < 0.5 * before)
     assert torch.equal(model.head.bias, torch.zeros_like(model.head.bias)), "the bias-free UFM's bias moved"
 
 
 # --- metrics on unbalanced classes ------------------------------------------------------------------------------------
-
-
-def brute_force_nc(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict:
-    """NC1, NC1 quotient, NC2 equinorm of the means and NC4 straight from the definitions, for any class sizes:
-    μ_G the mean of the class means, Σ_W pooled over all n samples, Σ_B = M̄M̄ᵀ/C."""
-    num_classes = weight.shape[0]
-    means = np.stack([features[labels == k].mean(axis=0) for k in range(num_classes)])
-    centred = means - means.mean(axis=0)
-    residual = features - means[labels]
-    within = residual.T @ residual / len(labels)
-    between = centred.T @ centred / num_classes
-    norms = np.linalg.norm(centred, axis=1)
-    distances = ((features[:, None, :] - means[None]) ** 2).sum(-1)
-    return {
-        "nc1": np.trace(within @ np.linalg.pinv(between)) / num_classes,
-        "nc1_quotient": np.trace(within) / np.trace(between),
-        "nc2_equinorm_means": norms.std() / norms.mean(),
-        "nc4": np.mean((features @ weight.T + bias).argmax(1) != distances.argmin(1)),
-    }
 
 
 def test_nc_metrics_follow_their_definitions_on_unbalanced_classes() -> None:
@@ -251,7 +221,7 @@ def test_snc_metrics_are_undefined_on_unbalanced_classes() -> None:
 
 def test_metrics_log_writes_undefined_values_as_null(tmp_path: Path) -> None:
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    log.open(0, replicas=1)
+    log.open(0, records_per_evaluation=1)
     log.write([{"step": 0, "replica": 0, "init_scale": 0.1, "collapse/nc1": 0.5, "strong_collapse/snc1": math.nan}])
     with pytest.raises(ValueError, match="strong_collapse/snc2=inf"):
         log.write([{"step": 1, "replica": 0, "strong_collapse/snc2": math.inf}])
@@ -265,7 +235,7 @@ def test_imbalanced_run_logs_snc_as_null_and_nc_as_numbers(tmp_path: Path) -> No
     sizes = [6, 3, 1]
     model = UnconstrainedFeatures(3, sizes, 15, init_scale=[1e-1, 1e-2], replicas=2, seed=0)
     monitor = CollapseMonitor(output_dir=str(tmp_path), points_per_decade=3)
-    trainer = quiet_trainer(200, tmp_path, callbacks=[monitor])
+    trainer = quiet_trainer(tmp_path, 200, callbacks=[monitor])
     trainer.fit(CollapseModule(model, functools.partial(torch.optim.SGD, lr=0.05)), datamodule=UFMDataModule(3, sizes))
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]

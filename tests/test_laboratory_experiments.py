@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_ufm_train
+from tests.helpers import run_ufm_train
 from ufm_torch.analysis.laboratory_figures import (
     final_weight,
     gram_of,
@@ -37,6 +37,7 @@ def test_minority_angle_of_a_simplex_merged_and_vanished_classifiers() -> None:
     assert mean_squared_norm(3.0 * simplex_gram(4)) == pytest.approx(3.0 * 0.75)
 
 
+@pytest.mark.slow
 def test_regularized_sweep_reaches_the_oracle_on_both_sides_of_the_threshold(tmp_path: Path) -> None:
     folder = tmp_path / "sweep"
     result = run_ufm_train(
@@ -54,6 +55,7 @@ def test_regularized_sweep_reaches_the_oracle_on_both_sides_of_the_threshold(tmp
     assert {bool(mean_squared_norm(gram_of(final_weight(job)))[0] < 1e-9) for job in jobs} == {True, False}
 
 
+@pytest.mark.slow
 def test_minority_collapse_sweep_follows_the_oracle(tmp_path: Path) -> None:
     folder = tmp_path / "sweep"
     result = run_ufm_train(

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_ufm_train
-from tests.test_validation import compose_train
+from tests.helpers import compose_train, ufm_train_in_process
 from ufm_torch.cli.validation import ConfigError, validate_config
 
 
@@ -61,16 +60,16 @@ def test_the_oracle_needing_p_at_least_c_is_said_once() -> None:
 
 
 def test_cli_refuses_a_bias_decay_without_bias_with_exit_2(tmp_path: Path) -> None:
-    result = run_ufm_train("model.bias=false", "module.bias_decay=0.1", f"hydra.run.dir={tmp_path / 'run'}",
-                           cwd=tmp_path)  # fmt: skip
+    result = ufm_train_in_process("model.bias=false", "module.bias_decay=0.1", f"hydra.run.dir={tmp_path / 'run'}",
+                                  cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "module.bias_decay=0.1" in line and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "status.json").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 @pytest.mark.parametrize("trainer", ["gpu", "ddp"])
-def test_a_gpu_preset_without_cuda_is_one_line(trainer: str) -> None:
+def test_a_gpu_preset_without_cuda_is_one_line(trainer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match=r"trainer\.accelerator=gpu needs a CUDA device"):
         validate_config(compose_train(f"trainer={trainer}", "model=mlp", "data=digits"))

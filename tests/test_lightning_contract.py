@@ -12,20 +12,12 @@ import pytest
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
-from tests.conftest import REPO
+from tests.helpers import REPO, quiet_trainer
 from tests.test_fused_descent import OPTIMIZERS, autograd_trajectory
 from ufm_torch.data import UFMDataModule
 from ufm_torch.models import UnconstrainedFeatures
 from ufm_torch.training import lightning_steps
 from ufm_torch.training.module import CollapseModule
-
-
-def quiet_trainer(tmp_path: Path, max_steps: int, callbacks: list[L.Callback]) -> L.Trainer:
-    """A 64-true Trainer without logger, checkpoints, bar or summary."""
-    return L.Trainer(
-        max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, precision="64-true", default_root_dir=tmp_path, callbacks=callbacks,
-    )
 
 
 def test_lightning_is_in_the_tested_range_and_pyproject_pins_it() -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+from tests.helpers import brute_force_nc
 from ufm_torch.metrics import collapse_metrics, nc_metrics, project_onto_S, snc_metrics, statistics
 
 SHAPES = [(3, 3, 15), (5, 4, 2), (4, 3, 40), (2, 5, 3), (10, 3, 6)]
@@ -24,35 +25,6 @@ def random_problem(num_classes, samples_per_class, feature_dim, seed):
     weight = rng.standard_normal((REPLICAS, num_classes, feature_dim))
     bias = rng.standard_normal((REPLICAS, num_classes))
     return features, labels, weight, bias
-
-
-def brute_force_nc(features, labels, weight, bias):
-    """NC1–NC4 of one replica from the textbook formulas (p × p matrices, pinv, loops)."""
-    num_classes, num_samples = weight.shape[0], labels.size
-    means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
-    centred = (means - means.mean(axis=0)).T
-    within = sum(np.outer(h - means[y], h - means[y]) for h, y in zip(features, labels, strict=True)) / num_samples
-    between = centred @ centred.T / num_classes
-    norms = np.linalg.norm(centred, axis=0)
-    unit = centred / norms
-    gram = unit.T @ unit
-    off_diagonal = gram[~np.eye(num_classes, dtype=bool)]
-    weight_norms = np.linalg.norm(weight, axis=1)
-    predicted = [np.argmax(weight @ h + bias) for h in features]
-    nearest = [np.argmin([np.linalg.norm(h - mean) for mean in means]) for h in features]
-    return {
-        "nc1": np.trace(within @ np.linalg.pinv(between)) / num_classes,
-        "nc1_quotient": np.trace(within) / np.trace(between),
-        "nc2_equinorm_means": norms.std() / norms.mean(),
-        "nc2_equinorm_classifier": weight_norms.std() / weight_norms.mean(),
-        "nc2_equiangle": off_diagonal.std(),
-        "nc2_maxangle": np.abs(off_diagonal + 1 / (num_classes - 1)).mean(),
-        "nc2_etf": np.linalg.norm(
-            gram - num_classes / (num_classes - 1) * np.eye(num_classes) + 1 / (num_classes - 1)
-        ),
-        "nc3": np.linalg.norm(weight.T / np.linalg.norm(weight) - unit / np.linalg.norm(unit)),
-        "nc4": np.mean(np.array(predicted) != np.array(nearest)),
-    }
 
 
 def basis_of_S(labels, num_classes, feature_dim):

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from tests.conftest import run_ufm_train
+from tests.helpers import run_ufm_train
 from tests.test_sweeps import FAST
 from ufm_torch.cli import train
 from ufm_torch.cli.overrides import check_group_choices, check_plugins

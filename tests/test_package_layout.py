@@ -19,6 +19,7 @@ from omegaconf import open_dict
 import ufm_torch
 import ufm_torch.conf
 from ufm_torch.cli.validation import validate_config
+from ufm_torch.errors import ConfigError
 
 PACKAGE_DIRS = {"ufm_torch": Path(ufm_torch.__file__).parent}
 CONFIG_DIR = Path(ufm_torch.conf.__file__).parent
@@ -130,17 +131,53 @@ def group_options() -> list[tuple[str, str]]:
     )
 
 
-@pytest.mark.parametrize(("group", "option"), group_options())
-def test_every_option_of_every_config_group_composes(group: str, option: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # GPU presets validate as on a CUDA machine
+NEEDS_CUDA = {("trainer", "gpu"), ("trainer", "ddp"), ("experiment", "papyan_mnist"), ("experiment", "papyan_cifar10")}
+"""The options that train on GPUs: refused on a machine without CUDA, in one line."""
+NO_CUDA = (
+    f"trainer.accelerator=gpu needs a CUDA device and torch sees none (torch {torch.__version__}, CUDA build: "
+    f"{torch.version.cuda is not None}); use trainer=default on this machine"
+)
+
+
+def overrides_for(group: str, option: str) -> list[str]:
+    """``group=option`` with the choices it is used with: a backbone's data set, a data set's backbone, a comparison
+    side's experiment."""
     primary = {"data", "model", "optimizer", "trainer", "callbacks", "logger", "experiment"}
     choice = f"[{option}]" if group == "callbacks" else option
-    overrides = [f"{'' if group in primary else '+'}{group}={choice}", "run_dir=unused"]
+    overrides = [f"{'' if group in primary | {'compare_digits'} else '+'}{group}={choice}"]
+    if group == "model" and option != "ufm":
+        overrides.append("data=digits")
+    if group == "data" and option != "ufm":
+        overrides.append("model=mlp")
+    if group == "compare_digits":
+        overrides.insert(0, "experiment=compare_digits")
+    return overrides
+
+
+@pytest.mark.parametrize(("group", "option"), group_options())
+def test_every_option_of_every_config_group_composes_and_passes_the_config_checks(
+    group: str, option: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine with CUDA every option passes ``validate_config``; without one the GPU presets are refused with
+    the line that says so, and every other option passes."""
     with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
-    if group in ("experiment", "compare_digits", "optimizer", "callbacks", "logger"):
+        cfg = compose(config_name="train", overrides=[*overrides_for(group, option), "run_dir=unused"],
+                      return_hydra_config=True)  # fmt: skip
+    try:
+        HydraConfig.instance().set_config(cfg)
+        if group != "callbacks":
+            assert HydraConfig.get().runtime.choices[group] == option
+        with open_dict(cfg):
+            del cfg["hydra"]
+        assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         validate_config(cfg)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        if (group, option) in NEEDS_CUDA:
+            with pytest.raises(ConfigError) as error:
+                validate_config(cfg)
+            assert str(error.value) == NO_CUDA
+        else:
+            validate_config(cfg)
+    finally:
+        HydraConfig.instance().cfg = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_ufm_train
+from tests.helpers import REPO, ufm_train_in_process
 from ufm_torch.analysis.paper_figures import (
     DIST_S,
     SNC1,
@@ -167,11 +167,11 @@ def test_plots_leave_gaps_for_zero_and_nan_values_on_log_axes() -> None:
     assert 0 < low < high
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def paper_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A reduced `ufm-train experiment=paper`: two init scales, two seeds each, 500 steps."""
     run_dir = tmp_path_factory.mktemp("paper") / "run"
-    result = run_ufm_train(
+    result = ufm_train_in_process(
         "experiment=paper",
         f"hydra.run.dir={run_dir}",
         "trainer.max_steps=500",
@@ -186,29 +186,28 @@ def paper_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_paper_experiment_writes_figures_and_summary(paper_run: Path) -> None:
-    for name in ("figure1", "figure2", "scaling"):
-        assert (paper_run / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
-    assert (paper_run / "summary.csv").exists()
+class TestReducedPaperRun:
+    """What the reduced paper run writes: one class, so that one worker runs it once (``tests/conftest.py``)."""
 
+    def test_paper_experiment_writes_figures_and_summary(self, paper_run: Path) -> None:
+        for name in ("figure1", "figure2", "scaling"):
+            assert (paper_run / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (paper_run / "summary.csv").exists()
 
-@pytest.mark.slow
-def test_paper_experiment_final_strong_collapse_errors_shrink_with_the_init_scale(paper_run: Path) -> None:
-    summaries = {(s.metric, s.init_scale): s for s in read_summary_csv(paper_run / "summary.csv")}
-    for metric in (SNC1, SNC2, SNC3, DIST_S):
-        large, small = summaries[(metric, 1e-2)], summaries[(metric, 1e-4)]
-        assert (large.count, small.count) == (2, 2)
-        assert small.max < large.min / 10, metric
-        assert large.loglog_slope > 0.8, metric
+    def test_paper_experiment_final_strong_collapse_errors_shrink_with_the_init_scale(self, paper_run: Path) -> None:
+        summaries = {(s.metric, s.init_scale): s for s in read_summary_csv(paper_run / "summary.csv")}
+        for metric in (SNC1, SNC2, SNC3, DIST_S):
+            large, small = summaries[(metric, 1e-2)], summaries[(metric, 1e-4)]
+            assert (large.count, small.count) == (2, 2)
+            assert small.max < large.min / 10, metric
+            assert large.loglog_slope > 0.8, metric
 
+    def test_paper_experiment_adds_its_figures_to_tensorboard(self, paper_run: Path) -> None:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-@pytest.mark.slow
-def test_paper_experiment_adds_its_figures_to_tensorboard(paper_run: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set()
-    for event_file in (paper_run / "tb" / "figures").glob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0})
-        accumulator.Reload()
-        tags |= set(accumulator.Tags()["images"])
-    assert {"paper/figure1", "paper/figure2", "paper/scaling", "report/collapse"} <= tags
+        tags = set()
+        for event_file in (paper_run / "tb" / "figures").glob("events.out.tfevents.*"):
+            accumulator = EventAccumulator(str(event_file), size_guidance={"images": 0})
+            accumulator.Reload()
+            tags |= set(accumulator.Tags()["images"])
+        assert {"paper/figure1", "paper/figure2", "paper/scaling", "report/collapse"} <= tags

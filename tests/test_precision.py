@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from lightning.fabric import connector as lightning_precision
 
-from tests.conftest import run_ufm_train
+from tests.helpers import compose_train, fit_in_process, ufm_train_in_process
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError
 from ufm_torch.run_folder.metrics_log import read_records
@@ -21,12 +21,6 @@ SHORT_BACKBONE = (
     "model=mlp", "data=digits", "data.num_classes=4", "data.samples_per_class=20", "data.batch_size=20",
     "model.width=32", "trainer.max_steps=8", "callbacks.progress.refresh_rate=0", "logger=none",
 )
-
-
-def compose_train(*overrides: str):
-    """The composed ``train`` config with ``overrides``."""
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, "run_dir=unused"])
 
 
 @pytest.mark.parametrize(
@@ -92,7 +86,6 @@ def test_mixed_or_half_precision_on_the_ufm_is_refused(precision: str, dtype: st
 
 @pytest.mark.filterwarnings("ignore:.*supported for historical reasons")
 def test_every_accepted_precision_is_one_lightning_accepts() -> None:
-    lightning_precision = pytest.importorskip("lightning.fabric.connector")
     for precision in PRECISIONS:
         assert lightning_precision._convert_precision_to_unified_args(precision) == canonical_precision(precision)
     with pytest.raises(ConfigError, match=r"^trainer\.precision=8 is not allowed"):
@@ -102,7 +95,7 @@ def test_every_accepted_precision_is_one_lightning_accepts() -> None:
 @pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
 def test_cli_refuses_a_ufm_precision_mistake_with_one_line_and_exit_2(tmp_path: Path, precision: str) -> None:
     run = tmp_path / "run"
-    result = run_ufm_train(
+    result = ufm_train_in_process(
         f"trainer.precision={precision}", "model.dtype=float32", f"hydra.run.dir={run}", cwd=tmp_path
     )
     assert result.returncode == 2
@@ -114,8 +107,7 @@ def test_cli_refuses_a_ufm_precision_mistake_with_one_line_and_exit_2(tmp_path: 
 
 def test_backbone_trains_in_float32_by_default(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_ufm_train(*SHORT_BACKBONE, f"hydra.run.dir={run}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    fit_in_process(run, *SHORT_BACKBONE)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert {tensor.dtype for tensor in checkpoint["state_dict"].values() if tensor.is_floating_point()} == {
         torch.float32
@@ -124,7 +116,7 @@ def test_backbone_trains_in_float32_by_default(tmp_path: Path) -> None:
 
 def test_backbone_in_bf16_mixed_precision_finishes_with_finite_float64_metrics(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_ufm_train(*SHORT_BACKBONE, "trainer.precision=bf16-mixed", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = ufm_train_in_process(*SHORT_BACKBONE, "trainer.precision=bf16-mixed", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
     records = read_records(run / "metrics.jsonl")
@@ -135,11 +127,9 @@ def test_backbone_in_bf16_mixed_precision_finishes_with_finite_float64_metrics(t
 
 
 def test_the_gpu_preset_gives_backbones_bf16_mixed_and_the_ufm_its_dtype() -> None:
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        backbone = compose(config_name="train", overrides=["trainer=gpu", "model=mlp", "data=digits", "run_dir=x"])
-        ufm = compose(config_name="train", overrides=["trainer=gpu", "model.dtype=float32", "run_dir=x"])
-        older_gpu = compose(config_name="train", overrides=["trainer=gpu", "model=mlp", "data=digits",
-                                                            "trainer.precision=16-mixed", "run_dir=x"])  # fmt: skip
+    backbone = compose_train("trainer=gpu", "model=mlp", "data=digits")
+    ufm = compose_train("trainer=gpu", "model.dtype=float32")
+    older_gpu = compose_train("trainer=gpu", "model=mlp", "data=digits", "trainer.precision=16-mixed")
     assert resolve_precision(backbone) == "bf16-mixed"
     assert resolve_precision(ufm) == "32-true"
     assert resolve_precision(older_gpu) == "16-mixed"

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from sklearn.datasets import load_digits
 
-from tests.conftest import run_ufm_train
+from tests.helpers import compose_train, ufm_train_in_process, write_mnist
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.data import (
     CIFAR10DataModule,
@@ -21,28 +19,6 @@ from ufm_torch.data import (
     MNISTDataModule,
 )
 from ufm_torch.errors import ConfigError
-
-
-def compose_train(*overrides: str):
-    """The composed ``train`` config with ``overrides``."""
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, "run_dir=unused"])
-
-
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """An IDX file as read by torchvision: magic ``0x08`` (uint8) and the rank, big-endian sizes, then the bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
-
-
-def write_fake_mnist(root: Path, train_per_class: int, test_per_class: int) -> None:
-    """A tiny MNIST file tree in torchvision's raw layout: random images, class-major labels."""
-    for split, per_class in (("train", train_per_class), ("t10k", test_per_class)):
-        labels = torch.arange(10).repeat_interleave(per_class)
-        images = torch.randint(0, 256, (labels.numel(), 28, 28))
-        write_idx(root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", images)
-        write_idx(root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte", labels)
 
 
 def test_digits_training_set_is_balanced_class_major_and_the_rest_is_held_out() -> None:
@@ -126,24 +102,25 @@ def test_legacy_processed_mnist_files_count_as_present(tmp_path: Path) -> None:
 @pytest.mark.vision
 def test_mnist_loads_a_balanced_subset_from_torchvisions_raw_layout(tmp_path: Path) -> None:
     pytest.importorskip("torchvision")
-    write_fake_mnist(tmp_path, train_per_class=4, test_per_class=2)
+    files = write_mnist(tmp_path, train_per_class=4, test_per_class=2)
     datamodule = MNISTDataModule(root=str(tmp_path), num_classes=3, samples_per_class=3, batch_size=4)
     datamodule.prepare_data()
     datamodule.setup("fit")
     assert datamodule.splits.train_inputs.shape == (9, 1, 28, 28)
     assert torch.equal(datamodule.labels, torch.arange(3).repeat_interleave(3))
-    assert torch.equal(datamodule.splits.heldout_labels, torch.arange(3).repeat_interleave(2))
+    test_labels = files["t10k_labels"]
+    assert torch.equal(datamodule.splits.heldout_labels, test_labels[test_labels < 3])  # the test file's order
+    assert torch.equal(torch.bincount(datamodule.splits.heldout_labels), torch.full((3,), 2))
 
 
 def test_cli_reports_missing_mnist_files_in_one_line(tmp_path: Path) -> None:
-    result = run_ufm_train(
+    result = ufm_train_in_process(
         "model=mlp",
         "data=mnist",
         f"data.root={tmp_path / 'nowhere'}",
         "module.loss=mean_squared",
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
-        timeout=120,
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("ufm-train: error:")]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import UFM_TRAIN, run_ufm_train
+from tests.helpers import UFM_TRAIN, fit_in_process, ufm_train_in_process
 from ufm_torch.run_folder.names import replica_run_name
 
 SLOW_RUN = [
@@ -45,11 +45,14 @@ def tensorboard_steps(run_dir: Path) -> dict[str, list[int]]:
     return steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_signal", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, kill_signal: signal.Signals) -> None:
     """Killed after its third checkpoint (once it has gone on past it), resumed: the same checkpoints, bit-identical
-    parameters, the same metrics.jsonl, and TensorBoard runs holding each logged step once, as uninterrupted."""
-    reference = run_ufm_train(*SLOW_RUN, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+    parameters, the same metrics.jsonl, and TensorBoard runs holding each logged step once, as uninterrupted.
+
+    The killed run is a process of its own; the reference and the resume run in this process."""
+    reference = ufm_train_in_process(*SLOW_RUN, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
     run = tmp_path / "interrupted"
     process = subprocess.Popen(
@@ -64,7 +67,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, kill_sig
     process.send_signal(kill_signal)
     process.wait(timeout=60)
     assert process.returncode != 0
-    resumed = run_ufm_train(*SLOW_RUN, f"hydra.run.dir={run}", "ckpt_path=last", cwd=tmp_path)
+    resumed = ufm_train_in_process(*SLOW_RUN, f"hydra.run.dir={run}", "ckpt_path=last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     expected, actual = final_parameters(tmp_path / "reference"), final_parameters(run)
     assert expected.keys() == actual.keys()
@@ -85,8 +88,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, kill_sig
 def test_same_config_and_seed_reproduce_metrics_exactly(tmp_path: Path) -> None:
     overrides = ["trainer.max_steps=300", "model.init_scale=[1.0,0.01]", "model.replicas=3", "seed=0"]
     for name in ("first", "second"):
-        result = run_ufm_train(*overrides, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
+        fit_in_process(tmp_path / name, *overrides)
     first = (tmp_path / "first" / "metrics.jsonl").read_text()
     assert first == (tmp_path / "second" / "metrics.jsonl").read_text()
     replicas = {json.loads(line)["seed"] for line in first.splitlines()}
@@ -95,11 +97,11 @@ def test_same_config_and_seed_reproduce_metrics_exactly(tmp_path: Path) -> None:
 
 def test_divergent_run_stops_with_the_step_and_leaves_valid_files(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_ufm_train(
+    result = ufm_train_in_process(
         "optimizer.lr=0.3", "allow_unstable=true", "trainer.max_steps=5000",
         "callbacks.checkpoint.every_n_train_steps=4", "callbacks.progress.refresh_rate=0", f"hydra.run.dir={run}",
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert result.returncode == 3
     error_lines = [line for line in result.stderr.splitlines() if "diverged" in line]
     assert len(error_lines) == 1 and error_lines[0].startswith("ufm-train: error: training diverged at step")
@@ -114,5 +116,5 @@ def test_divergent_run_stops_with_the_step_and_leaves_valid_files(tmp_path: Path
 
 
 def test_unstable_step_size_is_refused_without_opt_in(tmp_path: Path) -> None:
-    result = run_ufm_train("optimizer.lr=0.5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = ufm_train_in_process("optimizer.lr=0.5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2 and "allow_unstable" in result.stderr

@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
-from tests.conftest import run_ufm_train
+from tests.helpers import UFM_PLOT, run_ufm_train
 from ufm_torch.analysis.records import final_records
 from ufm_torch.analysis.sweep_table import format_summary_csv, summary_table, swept_keys
 from ufm_torch.cli import train
@@ -20,7 +20,6 @@ from ufm_torch.cli.overrides import check_plugins, plugin_installed
 from ufm_torch.errors import ConfigError
 from ufm_torch.run_folder.jobs import Job
 
-UFM_PLOT = Path(sys.executable).parent / "ufm-plot"
 FAST = (
     "trainer.max_steps=20",
     "callbacks.collapse_monitor.points_per_decade=1",
@@ -44,7 +43,7 @@ def session_hparams(run: Path) -> dict[str, object]:
     return {key: value.number_value or value.string_value for key, value in start.hparams.items()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def two_by_two_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2×2 multirun (init scale × samples per class), two replicas per job."""
     tmp_path = tmp_path_factory.mktemp("sweep")
@@ -59,38 +58,41 @@ def two_by_two_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sweep
 
 
-def test_two_by_two_sweep_summarises_every_job_and_replica(two_by_two_sweep: Path) -> None:
-    rows = summary_rows(two_by_two_sweep)
-    assert len(rows) == 4 * 2
-    assert [(row["job"], row["replica"]) for row in rows] == [(str(j), str(r)) for j in range(4) for r in range(2)]
-    assert {(row["model.init_scale"], row["data.samples_per_class"]) for row in rows} == {
-        ("0.001", "2"), ("0.001", "3"), ("0.1", "2"), ("0.1", "3"),
-    }  # fmt: skip
-    assert all(row["status"] == "finished" and row["step"] == "20" and not row["error"] for row in rows)
-    assert all(float(row["wall_time_s"]) > 0 and row["strong_collapse/snc1"] for row in rows)
+class TestTwoByTwoSweep:
+    """What a finished 2×2 sweep holds: one class, so that one worker runs the sweep once (``tests/conftest.py``)."""
 
+    def test_summarises_every_job_and_replica(self, two_by_two_sweep: Path) -> None:
+        rows = summary_rows(two_by_two_sweep)
+        assert len(rows) == 4 * 2
+        assert [(row["job"], row["replica"]) for row in rows] == [(str(j), str(r)) for j in range(4) for r in range(2)]
+        assert {(row["model.init_scale"], row["data.samples_per_class"]) for row in rows} == {
+            ("0.001", "2"), ("0.001", "3"), ("0.1", "2"), ("0.1", "3"),
+        }  # fmt: skip
+        assert all(row["status"] == "finished" and row["step"] == "20" and not row["error"] for row in rows)
+        assert all(float(row["wall_time_s"]) > 0 and row["strong_collapse/snc1"] for row in rows)
 
-def test_two_by_two_sweep_draws_figures_per_swept_key(two_by_two_sweep: Path) -> None:
-    figures = {path.name for path in (two_by_two_sweep / "figures").glob("*.png")}
-    for key in ("init_scale", "data.samples_per_class"):
-        assert {f"final_vs_{key}.png", f"final_strong_collapse_vs_{key}.png", f"trajectories_by_{key}.png"} <= figures
+    def test_draws_figures_per_swept_key(self, two_by_two_sweep: Path) -> None:
+        figures = {path.name for path in (two_by_two_sweep / "figures").glob("*.png")}
+        for key in ("init_scale", "data.samples_per_class"):
+            expected = {f"final_vs_{key}.png", f"final_strong_collapse_vs_{key}.png", f"trajectories_by_{key}.png"}
+            assert expected <= figures
 
+    def test_every_job_has_tensorboard_runs_and_an_hparams_session_with_its_swept_values(
+        self, two_by_two_sweep: Path
+    ) -> None:
+        for job in range(4):
+            replica_runs = sorted((two_by_two_sweep / str(job) / "tb").glob("eps=*/rep=*"))
+            assert len(replica_runs) == 2 and all(any(run.glob("events.out.tfevents.*")) for run in replica_runs)
+        hparams = session_hparams(two_by_two_sweep / "hparams" / "3" / "eps=0.1" / "rep=1")
+        assert hparams["data.samples_per_class"] == 3 and hparams["init_scale"] == 0.1
+        assert hparams["job"] == "3" and hparams["status"] == "finished"
 
-def test_every_job_has_tensorboard_runs_and_an_hparams_session_with_its_swept_values(two_by_two_sweep: Path) -> None:
-    for job in range(4):
-        replica_runs = sorted((two_by_two_sweep / str(job) / "tb").glob("eps=*/rep=*"))
-        assert len(replica_runs) == 2 and all(any(run.glob("events.out.tfevents.*")) for run in replica_runs)
-    hparams = session_hparams(two_by_two_sweep / "hparams" / "3" / "eps=0.1" / "rep=1")
-    assert hparams["data.samples_per_class"] == 3 and hparams["init_scale"] == 0.1
-    assert hparams["job"] == "3" and hparams["status"] == "finished"
-
-
-def test_ufm_plot_reproduces_the_summary_byte_for_byte(two_by_two_sweep: Path) -> None:
-    written = (two_by_two_sweep / "sweep_summary.csv").read_bytes()
-    (two_by_two_sweep / "sweep_summary.csv").unlink()
-    result = subprocess.run([str(UFM_PLOT), str(two_by_two_sweep)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert (two_by_two_sweep / "sweep_summary.csv").read_bytes() == written
+    def test_ufm_plot_reproduces_the_summary_byte_for_byte(self, two_by_two_sweep: Path) -> None:
+        written = (two_by_two_sweep / "sweep_summary.csv").read_bytes()
+        (two_by_two_sweep / "sweep_summary.csv").unlink()
+        result = subprocess.run([str(UFM_PLOT), str(two_by_two_sweep)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert (two_by_two_sweep / "sweep_summary.csv").read_bytes() == written
 
 
 def test_failed_and_diverged_jobs_are_summarised_beside_the_finished_one(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ufm_torch.metrics import snc_metrics
 from ufm_torch.theory import (
     gradient_descent,
     gradient_descent_snc3_error,
@@ -136,18 +137,15 @@ def test_gradient_descent_started_on_S_stays_on_S_and_collapses():
 
 
 def test_metrics_dist_S_vanishes_along_gradient_descent_on_S_and_matches_projection_off_S():
-    metrics = pytest.importorskip("ufm_torch.metrics")
-    if not hasattr(metrics, "snc_metrics"):
-        pytest.skip("ufm_torch.metrics.snc_metrics is not exported yet")
     num_classes, samples_per_class, feature_dim = 3, 3, 15
     labels = class_major_labels(num_classes, samples_per_class)
     start = point_on_S(0.1 * randn(num_classes, feature_dim, seed=5), 0.0, samples_per_class)
     _, recorded = gradient_descent(*start, labels, 0.05, 2000, record_steps=[0, 100, 2000])
-    assert (metrics.snc_metrics(*recorded, labels)["dist_S"] < 1e-10).all()
+    assert (snc_metrics(*recorded, labels)["dist_S"] < 1e-10).all()
     features = randn(9, feature_dim, seed=1)
     weight, bias = randn(3, feature_dim, seed=2), randn(3, seed=3)
     basis = subspace_S_basis(num_classes, samples_per_class, feature_dim)
-    dist_S = metrics.snc_metrics(features, weight, bias, labels)["dist_S"]
+    dist_S = snc_metrics(features, weight, bias, labels)["dist_S"]
     assert math.isclose(float(dist_S), relative_distance_to_S(basis, features, weight, bias), rel_tol=1e-12)
 
 

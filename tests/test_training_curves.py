@@ -9,15 +9,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.helpers import fit_in_process
 from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.callbacks.step_checkpoint import StepCheckpoint
 from ufm_torch.callbacks.step_progress import StepProgressBar
 from ufm_torch.callbacks.training_curves import TrainingCurves
-from ufm_torch.cli.train import build_and_fit
 from ufm_torch.data import DigitsDataModule, UFMDataModule
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.metrics.tags import LOSS_TAG, TRAIN_ACCURACY_TAG
@@ -141,10 +140,7 @@ def test_callback_metrics_and_the_bar_hold_the_curves_at_checkpoints_and_at_the_
 
 def test_a_run_without_a_monitor_reports_the_last_curve_point(tmp_path: Path) -> None:
     """``build_and_fit``'s final metrics without a monitor are ``callback_metrics``: the curves at the last step."""
-    overrides = [f"run_dir={tmp_path}", "~callbacks.collapse_monitor", "trainer.max_steps=300"]
-    overrides.append("trainer.accelerator=cpu")
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        final = build_and_fit(compose(config_name="train", overrides=overrides))
+    final = fit_in_process(tmp_path, "~callbacks.collapse_monitor", "trainer.max_steps=300", "trainer.accelerator=cpu")
     curve = dict(tensorboard_curve(tmp_path / "tb", LOSS_TAG))
     assert sorted(final) == [TRAIN_ACCURACY_TAG, LOSS_TAG] and max(curve) == 300
     assert final[LOSS_TAG] == pytest.approx(curve[300], rel=1e-6) and final[TRAIN_ACCURACY_TAG] == 1.0

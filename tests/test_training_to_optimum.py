@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from ufm_torch.cli.train import build_and_fit
+from tests.helpers import fit_in_process
 from ufm_torch.theory.optimum import (
     class_mean_gram,
     cross_entropy_optimum,
@@ -30,13 +29,9 @@ DECAYS = [f"module.feature_decay={DECAY}", f"module.classifier_decay={DECAY}"]
 
 def train(tmp_path: Path, *overrides: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """Final metrics and final parameters (W, the class-mean Gram, b) of one run with ``overrides``."""
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[f"run_dir={tmp_path}", "callbacks.progress.refresh_rate=0", "trainer.max_steps=5000",
-                       "logger=none", *SHAPE, *overrides],
-        )  # fmt: skip
-        metrics = build_and_fit(cfg)
+    metrics = fit_in_process(
+        tmp_path, "callbacks.progress.refresh_rate=0", "trainer.max_steps=5000", "logger=none", *SHAPE, *overrides
+    )
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     return metrics, state
 

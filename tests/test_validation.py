@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
-from tests.conftest import run_ufm_train
+from tests.helpers import compose_train, run_ufm_train, ufm_train_in_process
 from ufm_torch.cli.overrides import check_group_choices
 from ufm_torch.cli.train import CONFIG_DIR
 from ufm_torch.cli.validation import ConfigError, check_schema, validate_config
@@ -46,12 +45,6 @@ BAD_OVERRIDES = [
 ]
 
 
-def compose_train(*overrides: str):
-    """The composed ``train`` config with ``overrides``."""
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, "run_dir=unused"])
-
-
 @pytest.mark.parametrize(("override", "key"), BAD_OVERRIDES)
 def test_bad_value_is_rejected_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
@@ -86,12 +79,27 @@ def test_feature_dim_below_c_minus_one_warns_about_theorem_3() -> None:
      ("seed=", "seed"), ("optimizer.lr=0.25", "allow_unstable")],
 )
 def test_cli_exits_2_with_one_line_and_trains_nothing(tmp_path: Path, override: str, key: str) -> None:
+    result = ufm_train_in_process(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_exit_2_with_one_line_and_nothing_trained(result, key, tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"), [("optimizer.lr=0.25", "allow_unstable"), ("model.feature_dims=3", "no such key")]
+)
+def test_the_ufm_train_process_exits_2_with_one_line_and_trains_nothing(tmp_path: Path, override: str, key: str):
+    """End to end: the console script in a process of its own, for a mistake of the config checks and one of
+    Hydra's composition."""
     result = run_ufm_train(override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_exit_2_with_one_line_and_nothing_trained(result, key, tmp_path / "run")
+
+
+def assert_exit_2_with_one_line_and_nothing_trained(result, key: str, run: Path) -> None:
+    """Exit code 2, one line on stderr naming ``key``, no traceback, no checkpoint and no metrics in ``run``."""
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists()
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (run / "checkpoints").exists()
+    assert not (run / "metrics.jsonl").exists()
 
 
 def test_group_option_lists_and_sweeps_are_checked_option_by_option() -> None:

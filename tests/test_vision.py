@@ -1,26 +1,24 @@
 """torchvision's pieces (the ``vision`` extra): ResNet-18 for small images, MNIST and CIFAR-10 from their real file
 layouts, and backbones trained on them end to end. ``make test-vision`` runs these in ``.venv-vision``.
 
-The data files are tiny and written here in torchvision's layouts: MNIST's big-endian IDX files (magic numbers 2051
-for images, 2049 for labels) and CIFAR-10's pickled batches. torchvision's ``CIFAR10`` also checks the files against
-the real ones' md5 sums; the ``accept_any_cifar_checksum`` fixture lifts that check wherever torchvision reads them
-(in this process, or through a ``sitecustomize`` module in a subprocess), so the tests hold whichever reader the data
-module uses, and nothing else about the loading changes.
+The data files are tiny and written by :mod:`tests.helpers` in torchvision's layouts: MNIST's big-endian IDX files
+(magic numbers 2051 for images, 2049 for labels) and CIFAR-10's pickled batches. torchvision's ``CIFAR10`` also
+checks the files against the real ones' md5 sums; the ``accept_any_cifar_checksum`` fixture lifts that check wherever
+torchvision reads them, so the tests hold whichever reader the data module uses, and nothing else about the loading
+changes.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import pickle
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import run_ufm_train
+from tests.helpers import CIFAR_LABEL_NAMES, fit_in_process, write_cifar10, write_mnist
 from tests.test_backbone_training import METRIC_TAGS
-from tests.test_real_data import write_idx
 from ufm_torch.data import CIFAR10DataModule, MNISTDataModule
 from ufm_torch.data.torchvision_sets import TorchvisionDataModule
 from ufm_torch.errors import ConfigError
@@ -31,89 +29,16 @@ torchvision = pytest.importorskip("torchvision")
 
 pytestmark = pytest.mark.vision
 
-CIFAR_BATCHES = tuple(f"data_batch_{k}" for k in range(1, 6))
-CIFAR_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-ACCEPT_ANY_CHECKSUM = """\
-import os
-import torchvision.datasets.cifar
-
-torchvision.datasets.cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)
-"""
-
-
-def marked_images(labels: torch.Tensor, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
-    """Random uint8 images ``(n, *shape)`` whose brightest pixel (255, in every channel) is pixel j of image j.
-
-    The other pixels are at most 200, so the argmax of a standardised image (a positive affine map per channel)
-    names the file index it was read from.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 201, (labels.numel(), *shape), generator=generator, dtype=torch.uint8)
-    flat = images.view(labels.numel(), shape[0], -1)
-    flat[torch.arange(labels.numel()), :, torch.arange(labels.numel())] = 255
-    return images
-
-
-def interleaved_labels(per_class: int, seed: int) -> torch.Tensor:
-    """``per_class`` labels of each of the 10 classes in a seeded random order (the files are not class-major)."""
-    labels = torch.arange(10).repeat(per_class)
-    return labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))]
-
-
-def write_mnist(root: Path, train_per_class: int = 5, test_per_class: int = 2) -> dict[str, torch.Tensor]:
-    """MNIST's four raw IDX files under ``root/MNIST/raw``; returns the images ``(n, 1, 28, 28)`` and labels."""
-    files = {}
-    for split, per_class, seed in (("train", train_per_class, 1), ("t10k", test_per_class, 2)):
-        labels = interleaved_labels(per_class, seed)
-        images = marked_images(labels, (1, 28, 28), seed)
-        write_idx(root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", images[:, 0])
-        write_idx(root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte", labels)
-        files |= {f"{split}_images": images, f"{split}_labels": labels}
-    return files
-
-
-def write_cifar10(root: Path, train_per_class: int = 3, test_per_class: int = 2) -> dict[str, torch.Tensor]:
-    """CIFAR-10's pickled batches under ``root/cifar-10-batches-py``: the training images split over five batches,
-    rows of 3072 bytes (1024 red, 1024 green, 1024 blue); returns the images ``(n, 3, 32, 32)`` and labels."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    train_labels = interleaved_labels(train_per_class, 3)
-    test_labels = interleaved_labels(test_per_class, 4)
-    train_images = marked_images(train_labels, (3, 32, 32), 3)
-    test_images = marked_images(test_labels, (3, 32, 32), 4)
-    parts = torch.arange(train_labels.numel()).tensor_split(len(CIFAR_BATCHES))
-    batches = {name: (train_images[part], train_labels[part]) for name, part in zip(CIFAR_BATCHES, parts, strict=True)}
-    for name, (images, labels) in (batches | {"test_batch": (test_images, test_labels)}).items():
-        entry = {
-            "batch_label": name,
-            "labels": labels.tolist(),
-            "data": images.reshape(len(labels), -1).numpy(),
-            "filenames": [f"{name}_{k}.png" for k in range(len(labels))],
-        }
-        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
-    meta = {"num_cases_per_batch": len(parts[0]), "label_names": CIFAR_LABEL_NAMES, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return {
-        "train_images": train_images,
-        "train_labels": train_labels,
-        "t10k_images": test_images,
-        "t10k_labels": test_labels,
-    }
-
-
 @pytest.fixture
-def accept_any_cifar_checksum(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """torchvision checks CIFAR-10's files against the real ones' md5 sums: accept any file that exists, here and in
-    subprocesses (a ``sitecustomize`` module on ``PYTHONPATH``)."""
+def accept_any_cifar_checksum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision checks CIFAR-10's files against the real ones' md5 sums: accept any file that exists (every run
+    here is in this process)."""
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: Path(fpath).is_file())
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(ACCEPT_ANY_CHECKSUM)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
 
 
 def file_indices(inputs: torch.Tensor) -> torch.Tensor:
-    """The file index of each (standardised) image of :func:`marked_images`: its brightest pixel in channel 0."""
+    """The file index of each (standardised) image of :func:`tests.helpers.marked_images`: its brightest pixel in
+    channel 0."""
     return inputs[:, 0].flatten(1).argmax(dim=1)
 
 
@@ -157,7 +82,7 @@ def test_resnet18_small_keeps_small_images_at_full_resolution(
 
 
 DATASETS = [
-    pytest.param(MNISTDataModule, write_mnist, (1, 28, 28), id="mnist"),
+    pytest.param(MNISTDataModule, partial(write_mnist, train_per_class=5), (1, 28, 28), id="mnist"),
     pytest.param(CIFAR10DataModule, write_cifar10, (3, 32, 32), id="cifar10"),
 ]
 
@@ -242,7 +167,7 @@ def test_more_samples_per_class_than_the_files_hold_is_rejected_in_one_line(
 
 
 def test_mnist_loads_torchvisions_own_files_and_their_magic_numbers(tmp_path: Path) -> None:
-    files = write_mnist(tmp_path)
+    files = write_mnist(tmp_path, train_per_class=5)
     raw = tmp_path / "MNIST" / "raw"
     magic = {path.name: int.from_bytes(path.read_bytes()[:4], "big") for path in raw.iterdir()}
     assert magic == {
@@ -263,7 +188,7 @@ def test_cifar10_batches_read_by_torchvision_are_the_written_images(tmp_path: Pa
     assert train.targets == files["train_labels"].tolist()
 
 
-# Backbones trained on them end to end (ufm-train in a subprocess)
+# Backbones trained on them end to end (what ufm-train trains, in this process)
 
 
 def assert_every_metric_is_logged_and_finite(run: Path) -> None:
@@ -281,7 +206,8 @@ def assert_every_metric_is_logged_and_finite(run: Path) -> None:
 def test_resnet18_on_cifar10_trains_and_logs_every_metric(tmp_path: Path) -> None:
     write_cifar10(tmp_path / "data")
     run = tmp_path / "run"
-    result = run_ufm_train(
+    fit_in_process(
+        run,
         "model=resnet18",
         "data=cifar10",
         f"data.root={tmp_path / 'data'}",
@@ -291,18 +217,16 @@ def test_resnet18_on_cifar10_trains_and_logs_every_metric(tmp_path: Path) -> Non
         "model.feature_dim=16",
         "trainer.max_steps=3",
         "callbacks.progress.refresh_rate=0",
-        f"hydra.run.dir={run}",
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr
     assert_every_metric_is_logged_and_finite(run)
 
 
 @pytest.mark.slow
 def test_convnet_on_mnist_trains_and_logs_every_metric(tmp_path: Path) -> None:
-    write_mnist(tmp_path / "data")
+    write_mnist(tmp_path / "data", train_per_class=5)
     run = tmp_path / "run"
-    result = run_ufm_train(
+    fit_in_process(
+        run,
         "model=convnet",
         "data=mnist",
         f"data.root={tmp_path / 'data'}",
@@ -312,8 +236,5 @@ def test_convnet_on_mnist_trains_and_logs_every_metric(tmp_path: Path) -> None:
         "model.feature_dim=8",
         "trainer.max_steps=5",
         "callbacks.progress.refresh_rate=0",
-        f"hydra.run.dir={run}",
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr
     assert_every_metric_is_logged_and_finite(run)

@@ -1,22 +1,37 @@
 """The collapse figure: every collapse metric of one or more runs against the fraction of training done.
 
-One column per run (a single run, or the backbone and the UFM of a comparison such as ``experiment=compare_digits``),
-one row per metric group (Papyan, Han & Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and Figure 2; accuracy).
-A run with several replicas is drawn as the median over the replicas of its smallest init scale ε (the copies of one
-ε differ only in their random directions; the paper's figures show every ε).
+One row per metric family (Papyan, Han & Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and dist_S; the distances to
+the global optimum; accuracy), one panel per metric with a value, and one line per series: each init scale ε of each
+run (the median over the replicas of that ε, which differ only in their random directions), or the run itself when
+it has no ε (a backbone). A single run's ε are coloured as in the paper figures; the runs of a comparison
+(``experiment=compare_digits``) get a colour each, and each loss its own line style. The panels of a row share one
+y-scale (:mod:`ufm_torch.analysis.figure_style`: errors on log axes with zeros marked at the floor, accuracy on
+[0, 1]).
 """
 
 from __future__ import annotations
 
 import statistics
-import textwrap
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
+from ufm_torch.analysis.figure_style import (
+    UNKNOWN_LOSS,
+    loss_handles,
+    loss_styles,
+    outside_legend,
+    panel_title,
+    plot_values,
+    set_title,
+    value_scales,
+)
+from ufm_torch.analysis.paper_figures import scale_colours, scale_label
 from ufm_torch.analysis.records import as_float
 from ufm_torch.metrics.tags import (
     ACCURACY_TAGS,
@@ -24,8 +39,6 @@ from ufm_torch.metrics.tags import (
     OPTIMUM_TAGS,
     SNC_TAGS,
     TRAIN_ACCURACY_TAG,
-    is_collapse_tag,
-    short_name,
 )
 
 RUN_TITLES = {
@@ -39,21 +52,27 @@ PANELS = {
     "Distance to the global optimum": OPTIMUM_TAGS,
     "Accuracy": ACCURACY_TAGS,
 }
-"""Rows of the collapse figure, top to bottom; a row whose tags no record holds a number for is left out (SNC on
-unbalanced classes, the optimum without weight decay)."""
+"""Rows of the collapse figure, top to bottom, each with its metrics; a metric no record holds a number for has no
+panel, and a row without panels is left out (SNC on unbalanced classes, the optimum without weight decay)."""
+ONSET_GID = "onset"
+"""The ``gid`` of the dotted lines at the first evaluation with 100% training accuracy."""
+ROW_SUBJECTS = {
+    "Neural collapse": "NC1–NC4",
+    "Strong neural collapse": "SNC1–SNC3, dist_S",
+    "Distance to the global optimum": "the distances to the global optimum",
+    "Accuracy": "accuracy",
+}
 
 
 def drawn_panels(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, tuple[str, ...]]:
-    """The rows of :data:`PANELS` that some record of ``histories`` has a value for (accuracy always)."""
-    def has_values(tags: Sequence[str]) -> bool:
-        return any(record.get(tag) is not None for records in histories.values() for record in records for tag in tags)
+    """The rows of :data:`PANELS` with the metrics that some record of ``histories`` has a value for; a row without
+    any is left out."""
 
-    return {name: tags for name, tags in PANELS.items() if name == "Accuracy" or has_values(tags)}
+    def has_values(tag: str) -> bool:
+        return any(np.isfinite(as_float(record.get(tag))) for records in histories.values() for record in records)
 
-
-def curve_label(tag: str) -> str:
-    """Legend entry of a metric: ``nc1`` for ``collapse/nc1``, the whole tag otherwise."""
-    return short_name(tag) if is_collapse_tag(tag) else tag
+    rows = {name: tuple(tag for tag in tags if has_values(tag)) for name, tags in PANELS.items()}
+    return {name: tags for name, tags in rows.items() if tags}
 
 
 def median_history(records: Sequence[Mapping[str, Any]], tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -67,22 +86,13 @@ def median_history(records: Sequence[Mapping[str, Any]], tag: str) -> tuple[np.n
     return np.array(steps), np.array([statistics.median(by_step[step]) for step in steps], dtype=np.float64)
 
 
-def smallest_scale_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The records of the replicas with the smallest init scale ε (all records of a backbone, which has none)."""
-    scales = {record.get("init_scale") for record in records} - {None}
-    if not scales:
-        return list(records)
-    smallest = min(scales)
-    return [record for record in records if record.get("init_scale") == smallest]
-
-
-def column_title(name: str, records: Sequence[Mapping[str, Any]]) -> str:
-    """The run's title, with the ε and the number of replicas a median is taken over."""
-    title = RUN_TITLES.get(name, name)
-    scale = records[0].get("init_scale") if records else None
-    replicas = len({record["replica"] for record in records})
-    details = ([f"ε = {scale:g}"] if scale is not None else []) + ([f"median of {replicas}"] if replicas > 1 else [])
-    return f"{title} ({', '.join(details)})" if details else title
+def records_by_scale(records: Sequence[Mapping[str, Any]]) -> dict[float | None, list[Mapping[str, Any]]]:
+    """The records of each init scale ε, largest first; a run without ε (a backbone) is one group under None."""
+    groups: dict[float | None, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        scale = record.get("init_scale")
+        groups[None if scale is None else float(scale)].append(record)
+    return dict(sorted(groups.items(), key=lambda item: -item[0] if item[0] is not None else 0.0))
 
 
 def first_interpolating_fraction(records: Sequence[Mapping[str, Any]], max_steps: int) -> float | None:
@@ -95,43 +105,97 @@ def first_interpolating_fraction(records: Sequence[Mapping[str, Any]], max_steps
     return min(steps) / max_steps if steps else None
 
 
-def collapse_figure(
-    histories: Mapping[str, Sequence[Mapping[str, Any]]], max_steps: Mapping[str, int], title: str
-) -> Figure:
-    """One column per run, one row per metric group, rows sharing their y-axis.
+def run_title(name: str) -> str:
+    """The title of a comparison's run (``ufm`` → ``Unconstrained features model``), else its name."""
+    return RUN_TITLES.get(name, name)
 
-    x: fraction of training ``step / max_steps`` on a log axis (step 0, the initialisation, is left out);
-    collapse errors on log axes (zeros left out). A dotted line marks the first evaluation with 100%
-    training accuracy, where the terminal phase of training begins.
+
+def collapse_figure(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    max_steps: Mapping[str, int],
+    title: str,
+    losses: Mapping[str, str] | None = None,
+) -> Figure:
+    """One row per metric family, one panel per metric, one line per run and ε (module docstring).
+
+    x: fraction of training ``step / max_steps`` on a log axis (step 0, the initialisation, is left out). A dotted
+    line in a series' colour marks its first evaluation with 100% training accuracy, where the terminal phase of
+    training begins. ``title`` describes the setting (``C = 3, N = 3, p = 15``); ``losses`` maps run names to their
+    loss, each drawn in its own line style.
     """
     panels = drawn_panels(histories)
-    figure = Figure(figsize=(5.5 * len(histories) + 0.5, 2.6 * len(panels) + 2.2), layout="constrained")
-    grid = figure.subplots(len(panels), len(histories), sharex=True, sharey="row", squeeze=False)
-    for column, (name, records) in enumerate(histories.items()):
-        records = smallest_scale_records(records)
-        trained = [record for record in records if record["step"] > 0]
-        onset = first_interpolating_fraction(trained, max_steps[name])
-        for row, (panel, tags) in enumerate(panels.items()):
+    single = len(histories) == 1
+    series = []
+    for name, records in histories.items():
+        for scale, group in records_by_scale([record for record in records if record["step"] > 0]).items():
+            label = scale_label(scale) if single and scale is not None else run_title(name)
+            if not single and scale is not None:
+                label += f", {scale_label(scale)}"
+            series.append((name, scale, label, group))
+    scales_of_run = [scale for _, scale, _, _ in series if scale is not None]
+    if single and scales_of_run:
+        by_scale = scale_colours(scales_of_run)
+        colours = [by_scale.get(scale, "black") for _, scale, _, _ in series]
+    else:
+        colours = [colormaps["tab10"](i % 10) for i in range(len(series))]
+    styles = loss_styles((losses or {}).get(name, UNKNOWN_LOSS) for name in histories)
+    medians = {(i, tag): median_history(group, tag) for i, (_, _, _, group) in enumerate(series)
+               for tags in panels.values() for tag in tags}  # fmt: skip
+    scales = value_scales({tag: list(values) for (_, tag), (_, values) in medians.items()})
+    onsets = [first_interpolating_fraction(group, max_steps[name]) for name, _, _, group in series]
+    columns = max(len(tags) for tags in panels.values())
+    figure = Figure(figsize=(3.6 * columns + 3.0, 2.7 * len(panels) + 1.4), layout="constrained")
+    grid = figure.subplots(len(panels), columns, squeeze=False, sharex=True)
+    for row, (panel, tags) in enumerate(panels.items()):
+        for column in range(len(tags), columns):
+            grid[row][column].set_visible(False)
+        for column, tag in enumerate(tags):
             axes = grid[row][column]
-            for tag in tags:
-                steps, values = median_history(trained, tag)
-                if values.size:
-                    axes.plot(steps / max_steps[name], values, label=curve_label(tag), linewidth=1.4)
-            if panel != "Accuracy":
-                axes.set_yscale("log", nonpositive="mask")
+            for i, (name, _, _, _) in enumerate(series):
+                steps, values = medians[(i, tag)]
+                if not values.size:
+                    continue
+                linestyle = styles[(losses or {}).get(name, UNKNOWN_LOSS)][0]
+                plot_values(axes, steps / max_steps[name], values, scales[tag], color=colours[i],
+                            linestyle=linestyle, linewidth=1.4)  # fmt: skip
+                if onsets[i] is not None:
+                    axes.axvline(onsets[i], color=colours[i], linestyle=":", linewidth=0.9, gid=ONSET_GID)
+            scales[tag].apply(axes)
             axes.set_xscale("log")
-            if onset is not None:
-                axes.axvline(onset, color="grey", linestyle=":", linewidth=1)
             axes.grid(True, which="major", alpha=0.3)
-            if row == 0:
-                axes.set_title(column_title(name, records), fontsize="medium")
+            axes.set_title(panel_title(tag), fontsize="medium")
             if column == 0:
                 axes.set_ylabel(panel)
-            if row == len(panels) - 1:
-                axes.set_xlabel("fraction of training (step / max_steps)")
-            if any(not line.get_label().startswith("_") for line in axes.lines):
-                axes.legend(fontsize=8, loc="best")
-    grid[-1][0].set_ylim(-0.02, 1.02)
-    note = "dotted: first evaluation with 100% training accuracy; zeros (e.g. NC4 = 0) are not drawn on log axes"
-    figure.suptitle(f"Collapse during training ({title})\n" + textwrap.fill(note, 60 * len(histories)), fontsize=11)
+            if row == len(panels) - 1 or column >= len(panels[list(panels)[row + 1]]):
+                axes.set_xlabel("fraction of training")
+                axes.xaxis.set_tick_params(labelbottom=True)
+    handles = [Line2D([], [], color=colour, linewidth=1.4, label=label)
+               for colour, (_, _, label, _) in zip(colours, series, strict=True)]  # fmt: skip
+    handles += loss_handles(styles, markers=False)
+    if any(line.get_gid() == ONSET_GID for axes in figure.axes for line in axes.lines):
+        handles.append(Line2D([], [], color="grey", linestyle=":", linewidth=0.9, label="first 100% training accuracy"))
+    legend_title = "init scale ε" if single and scales_of_run else None
+    legend = outside_legend(figure, handles, legend_title)
+    known = sorted(set(losses.values()) - {UNKNOWN_LOSS}) if losses else []
+    setting = f"{title}, {known[0]} loss" if len(known) == 1 else title
+    set_title(figure, describe(histories, panels, setting), legend)
     return figure
+
+
+def describe(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]], panels: Mapping[str, Sequence[str]], title: str
+) -> str:
+    """The figure's title: what is drawn, against what, of which runs, and what a line is."""
+    subjects = [ROW_SUBJECTS.get(panel, panel) for panel in panels]
+    what = ", ".join(subjects[:-1]) + (" and " if len(subjects) > 1 else "") + subjects[-1]
+    groups = [group for records in histories.values() for group in records_by_scale(records).items()]
+    has_scales = any(scale is not None for scale, _ in groups)
+    copies = max((len({record["replica"] for record in records}) for _, records in groups), default=1)
+    if copies > 1:
+        line = f"median over the {copies} replicas of each {'ε' if has_scales else 'run'}; "
+    elif len(histories) > 1:
+        line = "one line per run; " if len(groups) == len(histories) else "one line per run and ε; "
+    else:
+        line = "one line per ε; " if len(groups) > 1 else ""
+    runs = "" if len(histories) == 1 else f" of {', '.join(run_title(name) for name in histories)}"
+    return f"{what[0].upper()}{what[1:]} against the fraction of training{runs}\n({line}{title})"

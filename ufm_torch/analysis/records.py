@@ -7,6 +7,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+RECORD_FIELDS = ("step", "replica", "init_scale", "copy", "seed", "layer", "split")
+"""What a record of ``metrics.jsonl`` says about where it was measured (not a metric)."""
+
 
 def final_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The last evaluation of each replica (largest step), ordered by replica index."""

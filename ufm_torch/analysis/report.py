@@ -2,18 +2,23 @@
 
 This is the one way figures and summaries are made. The Hydra hook :class:`ufm_torch.cli.report_hook.RunReport`
 calls :func:`write_run_report` when a job ends and :func:`write_sweep_report` when a multirun ends; ``ufm-plot PATH``
-calls :func:`write_report`, which does both for a sweep folder. The same folder always gives the same files.
+calls :func:`write_report`, which does both for a sweep folder. The same folder always gives the same files. Jobs
+hold the main records of ``metrics.jsonl`` (:func:`ufm_torch.run_folder.metrics_log.read_records`); records of other
+layers and of the held-out split are read by the figures that draw them.
 
 A run's report (``report`` node of its config):
-- ``figures/collapse.png``: NC1–NC4, SNC1–SNC3, dist_S and accuracy against the fraction of training (median over
-  replicas), for every run;
+- ``figures/collapse.png``: NC1–NC4, SNC1–SNC3, dist_S and accuracy against the fraction of training, one line per
+  init scale ε (the median over its replicas), for every run;
 - with ``report.paper_figures``: Mixon et al.'s Figures 1 and 2 and the ε-scaling figure (``figures/figure1.png``,
   ``figure2.png``, ``scaling.png``) and ``summary.csv`` (:mod:`ufm_torch.analysis.summary`), for UFM runs;
+- with ``report.layerwise``: log10 NC1 and CDNV against the layer index with He & Su's fitted line
+  (``figures/layerwise.png``, ``figures/layerwise.csv``; :mod:`ufm_torch.analysis.layerwise_figure`), read from
+  every layer's records, for runs that measured two layers or more;
 - the figures as images in the TensorBoard run ``tb/figures``, with a text panel ``report/overview``: the command
   line, the outcome and the final metrics table (:mod:`ufm_torch.analysis.run_overview`).
 
 A sweep's report: ``sweep_summary.csv`` (one row per job and replica), the sweep figures and TensorBoard HPARAMS
-(:mod:`ufm_torch.analysis.sweep_figures`), and with ``report.comparison`` the jobs side by side in
+(:mod:`ufm_torch.analysis.sweep_figures`), and with ``report.comparison`` the jobs in one figure,
 ``figures/compare.png`` (``experiment=compare_digits``).
 """
 
@@ -28,7 +33,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ufm_torch.analysis.comparison import collapse_figure
+from ufm_torch.analysis.figure_style import loss_name
 from ufm_torch.analysis.laboratory_figures import minority_collapse_figure, regularization_figure
+from ufm_torch.analysis.layerwise_figure import LAYERWISE_CSV, layer_order, layerwise_figure, write_layerwise_table
 from ufm_torch.analysis.paper_figures import (
     RunSetup,
     TheoryCurve,
@@ -48,12 +55,14 @@ from ufm_torch.run_folder.jobs import Job, read_job, read_jobs
 from ufm_torch.run_folder.layout import (
     FIGURES_DIR,
     HPARAMS_DIR,
+    METRICS_FILE,
     RUN_SUMMARY_FILE,
     SWEEP_SUMMARY_FILE,
     TENSORBOARD_DIR,
     TENSORBOARD_FIGURES_RUN,
     is_run_folder,
 )
+from ufm_torch.run_folder.metrics_log import read_records
 from ufm_torch.run_folder.tensorboard import write_figure_images
 
 
@@ -65,6 +74,7 @@ class ReportSettings:
     comparison: bool = False
     regularization: bool = False
     minority_collapse: bool = False
+    layerwise: bool = False
     dpi: int = 150
     snc3_theory: bool = True
     print_summary: bool = True
@@ -151,19 +161,25 @@ def draw_run_report(job: Job, tensorboard: bool = True) -> Report:
         return report
     settings = ReportSettings.of(job.config)
     max_steps = int(job.config["trainer"]["max_steps"])
-    figures = {"collapse": collapse_figure({job.name: job.records}, {job.name: max_steps}, describe_shape(job.config))}
+    losses = {job.name: loss_name(job.config, job.records)}
+    figures = {
+        "collapse": collapse_figure({job.name: job.records}, {job.name: max_steps}, describe_shape(job.config), losses)
+    }
     has_init_scales = all(record.get("init_scale") is not None for record in job.records)
     if settings.paper_figures and has_init_scales:
         figures |= paper_figures(job, settings)
         table = write_summary(job.records, run_dir / RUN_SUMMARY_FILE)
         report.written.append(run_dir / RUN_SUMMARY_FILE)
         report.tables.append(f"Final errors per init scale ε ({run_dir / RUN_SUMMARY_FILE}):\n{table}")
+    if settings.layerwise:
+        figures |= layerwise_figures(job, report)
     pngs = {name: save_figure(figure, run_dir / FIGURES_DIR / f"{name}.png", settings.dpi) for name, figure in
             figures.items()}
     report.written.extend(pngs.values())
     if tensorboard and (run_dir / TENSORBOARD_DIR).is_dir():
         final_step = max(int(record["step"]) for record in job.records)
-        images = {f"{'report' if name == 'collapse' else 'paper'}/{name}": path for name, path in pngs.items()}
+        images = {f"{'report' if name in ('collapse', 'layerwise') else 'paper'}/{name}": path
+                  for name, path in pngs.items()}  # fmt: skip
         texts = {OVERVIEW_TAG: run_overview(job)}
         write_figure_images(run_dir / TENSORBOARD_DIR / TENSORBOARD_FIGURES_RUN, images, final_step, texts)
     if not settings.print_summary:
@@ -171,12 +187,27 @@ def draw_run_report(job: Job, tensorboard: bool = True) -> Report:
     return report
 
 
+def layerwise_figures(job: Job, report: Report) -> dict[str, Figure]:
+    """``report.layerwise``: the layer-by-layer figure from every record of the run's ``metrics.jsonl``, and
+    ``figures/layerwise.csv`` with its printed table; nothing for a run that measured fewer than two layers."""
+    records = read_records(job.path / METRICS_FILE, every_layer=True)
+    if len(layer_order(records)) < 2:
+        return {}
+    path = job.path / FIGURES_DIR / LAYERWISE_CSV
+    table = write_layerwise_table(records, path)
+    report.written.append(path)
+    report.tables.append(f"log10 NC1 and CDNV against the layer: fitted slope per layer and R² ({path}):\n{table}")
+    return {"layerwise": layerwise_figure(records, describe_shape(job.config))}
+
+
 def comparison_figure(jobs: Sequence[Job]) -> Figure:
-    """The jobs of a comparison side by side (:func:`ufm_torch.analysis.comparison.collapse_figure`)."""
+    """The jobs of a comparison in one figure, a line per job and ε in each metric's panel
+    (:func:`ufm_torch.analysis.comparison.collapse_figure`)."""
     with_records = [job for job in jobs if job.records]
     histories = {job.name: job.records for job in with_records}
     lengths = {job.name: int(job.config["trainer"]["max_steps"]) for job in with_records}
-    return collapse_figure(histories, lengths, describe_shape(with_records[0].config))
+    losses = {job.name: loss_name(job.config, job.records) for job in with_records}
+    return collapse_figure(histories, lengths, describe_shape(with_records[0].config), losses)
 
 
 def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = False) -> Report:

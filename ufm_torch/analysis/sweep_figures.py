@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,20 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ufm_torch.analysis.records import as_float, final_records
+from ufm_torch.analysis.figure_style import (
+    UNKNOWN_LOSS,
+    loss_handles,
+    loss_name,
+    loss_styles,
+    outside_legend,
+    panel_title,
+    plot_values,
+    set_title,
+    value_scales,
+)
+from ufm_torch.analysis.records import RECORD_FIELDS, as_float, final_records
 from ufm_torch.analysis.sweep_table import SummaryTable, as_number
-from ufm_torch.metrics.tags import SNC_TAGS, short_name
+from ufm_torch.metrics.tags import SNC_TAGS
 from ufm_torch.run_folder.jobs import Job
 
 PANEL_COLUMNS = 4
@@ -61,42 +72,49 @@ def value_order(values: Iterable[Any]) -> list[Any]:
 
 
 def value_colours(values: list[Any], numeric: bool) -> dict[Any, Any]:
-    """A colour per value: viridis along sorted numbers, tab10 for categories."""
+    """A colour per value: viridis along sorted numbers (short of its pale yellow end), tab10 for categories."""
     if numeric:
         palette = colormaps["viridis"]
-        return {value: palette(i / max(len(values) - 1, 1)) for i, value in enumerate(values)}
+        return {value: palette(0.85 * i / max(len(values) - 1, 1)) for i, value in enumerate(values)}
     palette = colormaps["tab10"]
     return {value: palette(i % 10) for i, value in enumerate(values)}
 
 
-def _panel_grid(count: int, title: str) -> tuple[Figure, list[Any]]:
+def _panel_grid(count: int) -> tuple[Figure, list[Any]]:
+    """``count`` panels in rows of :data:`PANEL_COLUMNS`, with room on the right for the legend."""
     columns = min(PANEL_COLUMNS, count)
     rows = math.ceil(count / columns)
-    figure = Figure(figsize=(3.4 * columns, 2.8 * rows + 0.6))
+    figure = Figure(figsize=(3.4 * columns + 2.8, 2.8 * rows + 0.9), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
-    figure.suptitle(title)
     flat = list(axes.flat)
     for axis in flat[count:]:
         axis.set_visible(False)
     return figure, flat[:count]
 
 
-def _set_value_scale(axis: Any, values: list[float]) -> None:
-    """Log y for positive values spanning a decade or more, else linear."""
-    if spans_decades(values):
-        axis.set_yscale("log")
-
-
 def _group_label(keys: list[str], values: tuple[Any, ...]) -> str:
     return ", ".join(f"{key}={value}" for key, value in zip(keys, values, strict=True)) or "all"
 
 
-def draw_final_metrics(table: SummaryTable, key: str, metrics: list[str], path: Path, title: str) -> Path:
-    """Final value of each metric against ``key``, one line per combination of the other varying keys.
+def _left_out_note(left_out: list[str], reason: str) -> str:
+    """A line for the title naming the metrics without a panel, or nothing."""
+    if not left_out:
+        return ""
+    return f"\nnot drawn ({reason}): {', '.join(panel_title(metric) for metric in left_out)}"
 
-    Finished replicas only (diverged and failed ones are counted in the title); each replica is a point,
-    the line joins the medians. Numeric keys spanning decades get a log x axis, metrics spanning decades a log
-    y axis (log-log when both do); other keys are categories.
+
+def final_metrics_figure(
+    table: SummaryTable, key: str, metrics: list[str], title: str, losses: Mapping[str, str] | None = None
+) -> Figure | None:
+    """Final value of each metric against ``key``, one series per combination of the other varying keys and loss.
+
+    Finished replicas only (diverged and failed ones are counted in the title); each replica is a small dot, the
+    median a larger marker. Numeric keys are a numeric axis (log when spanning decades) with the medians joined,
+    in the loss's line style; other keys are categories, drawn as points side by side, never joined. Each metric
+    family shares one y-scale (:mod:`ufm_torch.analysis.figure_style`: errors on log axes, zeros at the floor). A
+    metric defined at fewer than two values of ``key`` shows no dependence on it and gets no panel (the title names
+    it), unless the finished replicas hold one value only (then a metric needs one value); None when no metric is
+    left. ``losses`` maps job names to their loss.
     """
     rows = [row for row in table.rows if row["status"] == "finished" and row[key] is not None]
     omitted = sum(1 for row in table.rows if row["status"] != "finished")
@@ -110,98 +128,162 @@ def draw_final_metrics(table: SummaryTable, key: str, metrics: list[str], path: 
     if numeric_groups:
         groups = sorted(groups, key=lambda group: as_number(group[0]))
     colours = value_colours(groups, numeric=numeric_groups)
+    loss_of = {id(row): (losses or {}).get(row["job"], UNKNOWN_LOSS) for row in rows}
+    styles = loss_styles(loss_of.values())
+    series = [(group, loss) for group in groups for loss in styles
+              if any(_row_group(row, others) == group and loss_of[id(row)] == loss for row in rows)]  # fmt: skip
+    defined = {metric: {row[key] for row in rows if math.isfinite(as_float(row[metric]))} for metric in metrics}
+    needed = min(2, len(order))
+    drawn = [metric for metric in metrics if defined[metric] and len(defined[metric]) >= needed]
+    if not drawn:
+        return None
+    scales = value_scales({metric: [as_float(row[metric]) for row in rows] for metric in drawn})
     note = f" ({omitted} unfinished replicas omitted)" if omitted else ""
-    figure, axes = _panel_grid(len(metrics), f"{title}{note}")
-    for axis, metric in zip(axes, metrics, strict=True):
-        plotted: list[float] = []
-        for group in groups:
-            members = [row for row in rows if tuple(row[other] for other in others) == group]
-            xs = [position[row[key]] for row in members]
+    left_out = [metric for metric in metrics if metric not in drawn]
+    reason = f"defined at fewer than two values of {key}" if needed == 2 else "no value"
+    figure, axes = _panel_grid(len(drawn))
+    members_of = {
+        one: [row for row in rows if _row_group(row, others) == one[0] and loss_of[id(row)] == one[1]] for one in series
+    }
+    x_of = _dodged_positions(series, members_of, key, position, numeric)
+    for axis, metric in zip(axes, drawn, strict=True):
+        scale = scales[metric]
+        for group, loss in series:
+            members = members_of[(group, loss)]
+            xs = [x_of[(group, loss)][row[key]] for row in members]
             ys = [as_float(row[metric]) for row in members]
-            axis.plot(xs, ys, "o", color=colours[group], alpha=0.45, markersize=3.5)
-            medians = []
-            for value in order:
-                at_value = [y for x, y in zip(xs, ys, strict=True) if x == position[value] and math.isfinite(y)]
-                if at_value:
-                    medians.append((position[value], statistics.median(at_value)))
+            linestyle, marker = styles[loss]
+            colour = colours[group]
+            plot_values(axis, xs, ys, scale, linestyle="none", marker="o", color=colour, alpha=0.4, markersize=3)
+            medians = [
+                (x_of[(group, loss)][value], statistics.median(finite))
+                for value in order
+                if (finite := [as_float(row[metric]) for row in members
+                               if row[key] == value and math.isfinite(as_float(row[metric]))])
+            ]  # fmt: skip
             if medians:
-                axis.plot(*zip(*medians, strict=True), "-", color=colours[group], label=_group_label(others, group))
-            plotted.extend(ys)
+                mx, my = zip(*medians, strict=True)
+                plot_values(axis, mx, my, scale, color=colour, marker=marker, markersize=5,
+                            linestyle=linestyle if numeric else "none")  # fmt: skip
+        scale.apply(axis)
         if log_x:
             axis.set_xscale("log")
         if not numeric:
             axis.set_xticks([position[value] for value in order], [str(value) for value in order], rotation=30)
-        _set_value_scale(axis, plotted)
-        axis.set_title(short_name(metric))
+            axis.set_xlim(-0.5, len(order) - 0.5)
+        axis.set_title(panel_title(metric))
         axis.set_xlabel(key)
         axis.grid(True, which="major", alpha=0.3)
-    if others:
-        axes[0].legend(fontsize="small")
-    return _save(figure, path)
+    joined = "-" if numeric else "none"
+    handles = [Line2D([], [], color=colours[group], marker="o", linestyle=joined, label=_group_label(others, group))
+               for group in groups] if others else []  # fmt: skip
+    handles += loss_handles(styles, lines=numeric)
+    handles += [
+        Line2D([], [], color="grey", marker="o", linestyle="none", markersize=3, alpha=0.4, label="each replica"),
+        Line2D([], [], color="grey", marker="o", linestyle=joined, markersize=5, label="median over replicas"),
+    ]
+    set_title(figure, f"{title}{note}{_left_out_note(left_out, reason)}", outside_legend(figure, handles))
+    return figure
 
 
-def draw_trajectories(jobs: list[Job], key: str, metrics: list[str], path: Path) -> Path:
-    """Every replica's metric trajectories against the step, coloured by its value of ``key``."""
+def _row_group(row: Mapping[str, Any], others: list[str]) -> tuple[Any, ...]:
+    return tuple(row[other] for other in others)
+
+
+def _dodged_positions(
+    series: list[Any],
+    members_of: Mapping[Any, list[dict[str, Any]]],
+    key: str,
+    position: Mapping[Any, float],
+    numeric: bool,
+) -> dict[Any, dict[Any, float]]:
+    """The x of each series at each value of ``key``: the value's position on a numeric axis; on a categorical axis
+    the series present at a category side by side around its tick, so no two share a spot."""
+    x_of: dict[Any, dict[Any, float]] = {one: dict(position) for one in series}
+    if numeric:
+        return x_of
+    width = 0.6 / max(len(series), 1)
+    for value, at in position.items():
+        present = [one for one in series if any(row[key] == value for row in members_of[one])]
+        for index, one in enumerate(present):
+            x_of[one][value] = at + (index - (len(present) - 1) / 2) * width
+    return x_of
+
+
+def trajectories_figure(jobs: list[Job], key: str, metrics: list[str]) -> Figure | None:
+    """Every replica's metric trajectories against the step, coloured by its value of ``key``, in the line style of
+    its loss; each metric family shares one y-scale (errors on log axes, zeros at the floor). A metric without a
+    value gets no panel (the title names it); None when no metric has one."""
     trajectories = []
     for job in jobs:
+        loss = loss_name(job.config, job.records)
         for final in final_records(job.records):
             replica = final["replica"]
             records = sorted((r for r in job.records if r["replica"] == replica), key=lambda r: r["step"])
             value = final["init_scale"] if key == "init_scale" else job.overrides.get(key)
-            trajectories.append((value, records))
-    order = value_order(value for value, _ in trajectories)
+            trajectories.append((value, loss, records))
+    order = value_order(value for value, _, _ in trajectories)
     numeric = is_numeric(order)
     colours = value_colours(order, numeric)
-    figure, axes = _panel_grid(len(metrics), f"Trajectories of every replica, coloured by {key}")
-    for axis, metric in zip(axes, metrics, strict=True):
-        plotted: list[float] = []
-        for value, records in trajectories:
+    styles = loss_styles(loss for _, loss, _ in trajectories)
+    values = {metric: [as_float(record.get(metric)) for _, _, records in trajectories for record in records]
+              for metric in metrics}  # fmt: skip
+    drawn = [metric for metric in metrics if any(math.isfinite(value) for value in values[metric])]
+    if not drawn:
+        return None
+    scales = value_scales({metric: values[metric] for metric in drawn})
+    left_out = _left_out_note([metric for metric in metrics if metric not in drawn], "no value")
+    title = f"Trajectories of every replica, coloured by {key}"
+    figure, axes = _panel_grid(len(drawn))
+    for axis, metric in zip(axes, drawn, strict=True):
+        for value, loss, records in trajectories:
             steps = [record["step"] for record in records]
-            values = [as_float(record.get(metric)) for record in records]
-            axis.plot(steps, values, color=colours.get(value, "grey"), alpha=0.6, linewidth=1.0)
-            plotted.extend(values)
+            plot_values(axis, steps, [as_float(record.get(metric)) for record in records], scales[metric],
+                        color=colours.get(value, "grey"), linestyle=styles[loss][0], alpha=0.6,
+                        linewidth=1.0)  # fmt: skip
         axis.set_xscale("symlog", linthresh=1.0)
-        _set_value_scale(axis, plotted)
-        axis.set_title(short_name(metric))
+        scales[metric].apply(axis)
+        axis.set_title(panel_title(metric))
         axis.set_xlabel("step")
         axis.grid(True, which="major", alpha=0.3)
     handles = [Line2D([], [], color=colours[value], label=f"{key}={value}") for value in order]
-    axes[0].legend(handles=handles, fontsize="small")
-    return _save(figure, path)
+    legend = outside_legend(figure, handles + loss_handles(styles, markers=False))
+    set_title(figure, title + (", line style by loss" if len(styles) > 1 else "") + left_out, legend)
+    return figure
 
 
 def draw_sweep_figures(jobs: list[Job], table: SummaryTable, figures_dir: Path) -> list[Path]:
-    """All sweep figures into ``figures_dir``; returns their paths.
+    """All sweep figures into ``figures_dir``; returns the paths written.
 
     Per varying key: ``final_vs_<key>.png`` (every metric), ``final_strong_collapse_vs_<key>.png`` (SNC1–SNC3
-    and dist_S, the paper's Figures 1 and 2 at the last step) and ``trajectories_by_<key>.png``.
+    and dist_S, the paper's Figures 1 and 2 at the last step) and ``trajectories_by_<key>.png``. A figure with no
+    panel to draw is not written (and a copy left by an earlier report is removed).
     """
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    strong = [metric for metric in SNC_TAGS if metric in table.metrics]
-    paths = []
-    if not table.metrics:
+    metrics = [metric for metric in table.metrics if metric not in RECORD_FIELDS]
+    strong = [metric for metric in SNC_TAGS if metric in metrics]
+    losses = {job.name: loss_name(job.config, job.records) for job in jobs}
+    paths: list[Path] = []
+    if not metrics:
         return paths
     for key in varying_keys(table):
         stem = file_stem(key)
-        paths.append(
-            draw_final_metrics(table, key, table.metrics, figures_dir / f"final_vs_{stem}.png", f"Last step vs {key}")
-        )
+        paths += _save(final_metrics_figure(table, key, metrics, f"Last step vs {key}", losses),
+                       figures_dir / f"final_vs_{stem}.png")  # fmt: skip
         if strong:
-            paths.append(
-                draw_final_metrics(
-                    table,
-                    key,
-                    strong,
-                    figures_dir / f"final_strong_collapse_vs_{stem}.png",
-                    f"Strong neural collapse at the last step vs {key}",
-                )
-            )
-        paths.append(draw_trajectories(jobs, key, table.metrics, figures_dir / f"trajectories_by_{stem}.png"))
+            title = f"Strong neural collapse at the last step vs {key}"
+            paths += _save(final_metrics_figure(table, key, strong, title, losses),
+                           figures_dir / f"final_strong_collapse_vs_{stem}.png")  # fmt: skip
+        paths += _save(trajectories_figure(jobs, key, metrics), figures_dir / f"trajectories_by_{stem}.png")
     return paths
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    figure.tight_layout()
+def _save(figure: Figure | None, path: Path) -> list[Path]:
+    """``[path]`` after writing ``figure`` there; without a figure ``[]``, and a copy an earlier report left at
+    ``path`` is removed."""
+    if figure is None:
+        path.unlink(missing_ok=True)
+        return []
     figure.savefig(path, dpi=110)
-    return path
+    return [path]

@@ -9,11 +9,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ufm_torch.analysis.records import final_records
+from ufm_torch.analysis.records import RECORD_FIELDS, final_records
 from ufm_torch.run_folder.jobs import Job, expected_replicas, natural_key
 
 REPLICA_COLUMNS = ("replica", "copy", "init_scale", "replica_seed", "status", "wall_time_s", "step")
-RECORD_BOOKKEEPING = ("step", "replica", "init_scale", "copy", "seed")
 FLOAT_FORMAT = ".10g"
 
 
@@ -30,7 +29,7 @@ def metric_names(jobs: list[Job]) -> list[str]:
     names: list[str] = []
     for job in jobs:
         for record in job.records:
-            names.extend(key for key in record if key not in RECORD_BOOKKEEPING and key not in names)
+            names.extend(key for key in record if key not in RECORD_FIELDS and key not in names)
     return names
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ufm_torch.analysis.report import Report, write_run_report, write_sweep_report
+if TYPE_CHECKING:
+    from ufm_torch.analysis.report import Report
 
 
 class RunReport(Callback):
@@ -20,7 +21,8 @@ class RunReport(Callback):
     ``hydra.sweep.dir``. ``ufm-plot PATH`` writes the same files later.
 
     A job that ended with an exception or an exit code (a config mistake) gets no report. A report that fails
-    prints one warning line and leaves the run's outcome as it was.
+    prints one warning line and leaves the run's outcome as it was. The report's modules (matplotlib, torch) are
+    imported when a report is drawn, not when Hydra builds its callbacks, so a rejected config does not load them.
     """
 
     def __init__(self, tensorboard: bool = True) -> None:
@@ -29,10 +31,14 @@ class RunReport(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Draw the job's report when its task returned."""
         if job_return.status == JobStatus.COMPLETED:
+            from ufm_torch.analysis.report import write_run_report
+
             self._draw(lambda: write_run_report(Path(config.hydra.runtime.output_dir), self.tensorboard))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Draw the sweep's report and print where it is."""
+        from ufm_torch.analysis.report import write_sweep_report
+
         report = self._draw(lambda: write_sweep_report(Path(config.hydra.sweep.dir), self.tensorboard))
         if report is not None:
             print(report.describe())

@@ -3,7 +3,14 @@
 Each field's ``description`` is its allowed range in words; :func:`schema_error` turns pydantic's first error into
 the one-line message ``ufm-train`` prints. A key that the selected group option does not have is simply absent
 (``None`` default, never validated); keys the schema does not name (``_target_``, other options' keys) are allowed.
-Types are strict: no booleans or floats for integers, no strings for numbers, finite floats only.
+Types are strict: no booleans or fractional floats for integers, no strings for numbers, finite floats only. An
+integral float is an integer (Hydra reads ``trainer.max_steps=1e3`` as the float 1000.0): the checked value is the
+integer, and :func:`ufm_torch.cli.validation.validate_config` writes it back into the config.
+
+The schema imports neither torch nor Lightning, so that a rejected config answers before either is loaded: the names
+of the losses, activations and precisions are spelled out here, and ``tests/test_rejected_config.py`` checks them
+against :data:`ufm_torch.training.losses.LOSSES`, :data:`ufm_torch.models.backbones.ACTIVATIONS` and
+:data:`ufm_torch.training.precision.PRECISIONS`.
 """
 
 from __future__ import annotations
@@ -13,16 +20,26 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, Strict, StrictBool, StrictInt
 from pydantic_core import ErrorDetails
 
-from ufm_torch.models.backbones import ACTIVATIONS
-from ufm_torch.training.losses import LOSSES
-from ufm_torch.training.precision import PRECISIONS
+LOSS_NAMES = ("cross_entropy", "mean_squared", "sum_squared")
+"""The keys of :data:`ufm_torch.training.losses.LOSSES`."""
+ACTIVATION_NAMES = ("gelu", "relu", "silu", "tanh")
+"""The keys of :data:`ufm_torch.models.backbones.ACTIVATIONS`."""
+PRECISIONS = ("16", "16-mixed", "16-true", "32", "32-true", "64", "64-true", "bf16", "bf16-mixed", "bf16-true")
+""":data:`ufm_torch.training.precision.PRECISIONS`: every ``trainer.precision`` Lightning accepts here."""
 
+
+def integral(value: Any) -> Any:
+    """``value`` as an ``int`` when it is a float with an integral value (``1e3``), otherwise unchanged."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(integral)]
 Real = Annotated[FiniteFloat, Strict()]
 PositiveReal = Annotated[Real, Field(gt=0)]
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
+PositiveInt = Annotated[Integer, Field(ge=1)]
 Precision = Annotated[Literal[PRECISIONS], BeforeValidator(str)]
-LossName = Literal[tuple(sorted(LOSSES))]
-ActivationName = Literal[tuple(sorted(ACTIVATIONS))]
+LossName = Literal[LOSS_NAMES]
+ActivationName = Literal[ACTIVATION_NAMES]
 
 AN_INT_AT_LEAST_1 = "an integer >= 1"
 A_NUMBER_AT_LEAST_0 = "a number >= 0"
@@ -48,18 +65,18 @@ class Section(BaseModel):
 class DataConfig(Section):
     """``data``: the data module's keys (which ones exist depends on the data option)."""
 
-    num_classes: StrictInt = absent_or("an integer >= 2", ge=2)
+    num_classes: Integer = absent_or("an integer >= 2", ge=2)
     samples_per_class: PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] = absent_or(
         "an integer >= 1 or a list of integers >= 1, one per class"
     )
     imbalance_ratio: Real = absent_or("a number >= 1", ge=1)
-    minority_classes: StrictInt | None = absent_or("null or an integer >= 0", ge=0)
+    minority_classes: Integer | None = absent_or("null or an integer >= 0", ge=0)
     batch_size: PositiveInt | None = absent_or("null (full batch) or an integer >= 1")
-    steps_per_epoch: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
-    input_dim: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
-    in_channels: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
-    heldout_per_class: StrictInt = absent_or("an integer >= 0", ge=0)
-    eval_batch_size: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    steps_per_epoch: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    input_dim: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    in_channels: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    heldout_per_class: Integer = absent_or("an integer >= 0", ge=0)
+    eval_batch_size: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
     separation: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
     noise_std: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
     download: StrictBool = absent_or(TRUE_OR_FALSE)
@@ -68,15 +85,15 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """``model``: the network's keys (the UFM's or a backbone's)."""
 
-    feature_dim: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    feature_dim: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
     init_scale: PositiveReal | Annotated[list[PositiveReal], Field(min_length=1)] = absent_or(
         "a number > 0 or a non-empty list of numbers > 0"
     )
-    replicas: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    replicas: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
     dtype: Literal["float64", "float32"] = absent_or("one of float64, float32")
-    width: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
-    depth: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
-    activation: ActivationName = absent_or(f"one of {', '.join(sorted(ACTIVATIONS))}")
+    width: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    depth: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    activation: ActivationName = absent_or(f"one of {', '.join(ACTIVATION_NAMES)}")
     batch_norm: StrictBool = absent_or(TRUE_OR_FALSE)
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = absent_or("a non-empty list of integers >= 1")
     bias: StrictBool = absent_or(TRUE_OR_FALSE)
@@ -93,15 +110,15 @@ class OptimizerConfig(Section):
 class TrainerConfig(Section):
     """``trainer``: Lightning Trainer keys; ``max_steps`` is required."""
 
-    max_steps: StrictInt = Field(ge=1, description=AN_INT_AT_LEAST_1)
+    max_steps: Integer = Field(ge=1, description=AN_INT_AT_LEAST_1)
     precision: Precision | None = absent_or(f"null (the precision policy decides) or one of {', '.join(PRECISIONS)}")
 
 
 class ModuleConfig(Section):
     """``module``: the training module's keys."""
 
-    loss: LossName | None = absent_or(f"null or one of {', '.join(sorted(LOSSES))}")
-    fused_steps: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    loss: LossName | None = absent_or(f"null or one of {', '.join(LOSS_NAMES)}")
+    fused_steps: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
     label_smoothing: Real = absent_or("a number in [0, 1)", ge=0, lt=1)
     feature_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
     classifier_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
@@ -111,9 +128,12 @@ class ModuleConfig(Section):
 class CollapseMonitorConfig(Section):
     """``callbacks.collapse_monitor``: the evaluation schedule."""
 
-    points_per_decade: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    points_per_decade: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
     every_n_steps: PositiveInt | None = absent_or("null or an integer >= 1")
     in_epochs: StrictBool = absent_or(TRUE_OR_FALSE)
+    layers: list[str] | None = absent_or("null or a list of module names of the LightningModule (network.body.1, …)")
+    classifier: str | None = absent_or("null (the last nn.Linear: network.head) or the classifier's module name")
+    feature_map: Literal["pool", "flatten"] = absent_or("pool or flatten")
 
 
 class TrainingCurvesConfig(Section):
@@ -125,7 +145,7 @@ class TrainingCurvesConfig(Section):
 class DivergenceGuardConfig(Section):
     """``callbacks.divergence_guard``: how often the device is read."""
 
-    check_every_n_steps: StrictInt = absent_or(AN_INT_AT_LEAST_1, ge=1)
+    check_every_n_steps: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
 
 
 class CallbacksConfig(Section):
@@ -139,7 +159,7 @@ class CallbacksConfig(Section):
 class TrainConfig(Section):
     """The composed ``train`` config without its ``hydra`` node."""
 
-    seed: StrictInt = Field(ge=0, description="an integer >= 0")
+    seed: Integer = Field(ge=0, description="an integer >= 0")
     data: DataConfig = section("data")
     model: ModelConfig = section("model")
     optimizer: OptimizerConfig = section("optimizer")

@@ -1,10 +1,17 @@
-"""The Hydra entry point ``ufm-train``: validate the config, build data, network, module and trainer, fit."""
+"""The Hydra entry point ``ufm-train``: check the command and the config, build data, network, module and trainer,
+fit, and record the outcome.
+
+torch and Lightning are imported only once the config has passed its checks (:func:`build_and_fit`), so that a
+rejected config answers fast; the process's exit codes, signals and file-system errors are
+:mod:`ufm_torch.cli.process`'s, a resume's rules :mod:`ufm_torch.cli.resume`'s.
+"""
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-import signal
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -12,23 +19,30 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, OverrideParseException
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ufm_torch import conf
-from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
 from ufm_torch.cli.overrides import check_group_choices, check_plugins
+from ufm_torch.cli.process import (
+    EX_IOERR,
+    PROCESS,
+    StopSignal,
+    filesystem_error,
+    lightning_logs_to_stderr,
+    one_line,
+    refuse,
+    remove_new_run_folder,
+    remove_temporary_files,
+    resume_command,
+)
+from ufm_torch.cli.resume import plan_resume
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError, DivergenceError
-from ufm_torch.run_folder.checkpoints import check_resume
-from ufm_torch.run_folder.status import RunStatus
-from ufm_torch.training.precision import resolve_precision
+from ufm_torch.run_folder.status import RunStatus, record_resume, record_resume_end
 
 CONFIG_DIR = Path(conf.__file__).parent
 
@@ -39,8 +53,16 @@ def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None)
     it), and train.
 
     Returns the final metrics: those of the collapse monitor's last evaluation over the whole training set (mean
-    over replicas), or the trainer's last logged values when no monitor runs.
+    over replicas), or the trainer's last logged values when no monitor runs. Checkpoints are written atomically
+    beside their final name (:class:`ufm_torch.run_folder.checkpoints.AtomicCheckpointIO`).
     """
+    import lightning as L
+    import torch
+
+    from ufm_torch.callbacks.collapse_monitor import CollapseMonitor
+    from ufm_torch.run_folder.checkpoints import AtomicCheckpointIO, check_resume
+    from ufm_torch.training.precision import resolve_precision
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
@@ -52,8 +74,17 @@ def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None)
     module = instantiate(cfg.module, network=network, optimizer=instantiate(cfg.optimizer))
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
+    for callback in callbacks:
+        if isinstance(callback, CollapseMonitor):
+            callback.check(module)  # layer and classifier names: one line, exit 2, before the run folder changes
     resume = check_resume(cfg.ckpt_path, Path(cfg.run_dir), module)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg))
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        precision=resolve_precision(cfg),
+        plugins=[AtomicCheckpointIO()],
+    )
     if before_fit is not None:
         before_fit()
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
@@ -79,10 +110,11 @@ def final_evaluation(records: list[dict[str, Any]]) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, Any] | float:
     """Hydra task: one training run in its own run folder, its outcome recorded in ``status.json``.
 
-    A config or checkpoint mistake found before training ends a single run with exit code 2 and one line on
-    stderr, and leaves the run folder as it was; a diverged run exits 3 with the step and value. In a multirun
-    every outcome is recorded and the sweep goes on. Returns the final metrics, or with ``objective`` set the final
-    value of that metric as a float (NaN for a failed or diverged job), which sampling sweepers optimise.
+    A mistake found before training ends a single run with exit code 2 and one line on stderr; a new run folder is
+    removed again, a resumed one left as it was. A diverged run exits 3 with the step and value, a file-system error
+    during training 74 (:mod:`ufm_torch.cli.process`). In a multirun every outcome is recorded and the sweep goes
+    on. Returns the final metrics, or with ``objective`` set the final value of that metric as a float (NaN for a
+    failed or diverged job), which sampling sweepers optimise.
     """
     return job_value(cfg.get("objective"), run_job(cfg))
 
@@ -96,74 +128,165 @@ def job_value(objective: str | None, metrics: dict[str, Any]) -> dict[str, Any] 
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, train and record one job (see :func:`train`); returns its final metrics or ``{"status": ...}``."""
+    """Validate, train and record one job (see :func:`train`); returns its final metrics or ``{"status": ...}``.
+
+    A resume appends what it was given and how it ended to ``resumes.jsonl``. SIGTERM or Ctrl-C during training
+    writes ``last.ckpt`` and ``status.json`` "interrupted"; a single run then returns, so that Hydra draws its
+    report, and ``main()`` prints the resume command and exits 143 or 130.
+    """
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    status = RunStatus(Path(cfg.run_dir))
+    run_dir = Path(cfg.run_dir)
+    status = RunStatus(run_dir)
+    resume = None if in_sweep else PROCESS.resume
     try:
         validate_config(cfg)
     except ConfigError as error:
         return _report_failure(status, "failed", error, exit_code=None if in_sweep else 2)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def start() -> None:
+        status.write("running")
+        PROCESS.created = None  # the folder holds a run now: it is never removed
+        if resume is not None:
+            record_resume(run_dir, resume.given, resume.changed)
+
+    def end(outcome: str, error: str | None = None, **extra: Any) -> None:
+        status.write(outcome, error=error, **extra)
+        if resume is not None:
+            record_resume_end(run_dir, outcome, error)
+
     try:
-        metrics = build_and_fit(cfg, before_fit=lambda: status.write("running"))
+        with StopSignal() as stop:
+            metrics = build_and_fit(cfg, before_fit=start)
+        end("finished", final_metrics=metrics)
     except DivergenceError as error:
-        return _report_failure(status, "diverged", error, exit_code=None if in_sweep else 3)
+        end("diverged", one_line(error))
+        return _report_failure(status, "diverged", error, exit_code=None if in_sweep else 3, recorded=True)
     except SIGTERMException:
-        hint = f"stopped by SIGTERM; resume with hydra.run.dir={cfg.run_dir} ckpt_path=last"
-        status.write("interrupted", error=hint)
-        print(f"ufm-train: {hint}", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
-    except ConfigError as error:
+        hint = f"stopped by {stop.received.name}; resume with {resume_command(run_dir, resume)}"
+        end("interrupted", hint)
+        if in_sweep:
+            print(f"ufm-train: {hint}", file=sys.stderr)
+            sys.exit(128 + stop.received)
+        PROCESS.exit_code, PROCESS.last_line = 128 + stop.received, f"\rufm-train: {hint}"
+        return {"status": "interrupted"}
+    except (ConfigError, InstantiationException) as error:
         if status.written:
-            status.write("failed", error=_one_line(error))
-        return _report_failure(status, "failed", error, exit_code=None if in_sweep else 2)
+            end("failed", one_line(error))
+        error = _instantiation_error(error, cfg)
+        return _report_failure(status, "failed", error, None if in_sweep else 2, recorded=status.written)
+    except OSError as error:
+        return _filesystem_failure(error, status, end, in_sweep)
+    except (KeyboardInterrupt, SystemExit):  # a Ctrl-C outside fit's batches: Lightning ends one with sys.exit(1)
+        if status.written:
+            end("interrupted", "stopped by SIGINT before the first batch or after the last")
+        print("\rufm-train: interrupted (SIGINT)", file=sys.stderr)
+        remove_new_run_folder()
+        sys.exit(130)
     except Exception as error:
         if not in_sweep:
-            status.write("failed", error=_one_line(error))
+            end("failed", one_line(error))
             raise
         return _report_failure(status, "failed", error, exit_code=None)
-    status.write("finished", final_metrics=metrics)
     print(f"Run folder: {cfg.run_dir}")
     return metrics
 
 
-def _one_line(error: BaseException) -> str:
-    """``Type: message`` on a single line."""
-    message = " ".join(str(error).split())
-    return message if isinstance(error, ConfigError | DivergenceError) else f"{type(error).__name__}: {message}"
-
-
-def _report_failure(status: RunStatus, outcome: str, error: BaseException, exit_code: int | None) -> dict[str, Any]:
-    """Print one line, record the outcome (except for config mistakes of a single run) and exit if asked.
+def _report_failure(
+    status: RunStatus, outcome: str, error: BaseException, exit_code: int | None, recorded: bool = False
+) -> dict[str, Any]:
+    """Print one line, record the outcome unless ``recorded`` already, and exit if asked. A single run's mistake
+    found before training is recorded nowhere: its new run folder is removed (:func:`~ufm_torch.cli.process.refuse`).
 
     The line starts on a fresh line: a progress bar may have left the cursor mid-line.
     """
-    print(f"\rufm-train: error: {_one_line(error)}", file=sys.stderr)
-    if exit_code == 2:
-        sys.exit(exit_code)
-    status.write(outcome, error=_one_line(error))
+    if exit_code == 2 and not status.written:
+        refuse(error)
+    print(f"\rufm-train: error: {one_line(error)}", file=sys.stderr)
+    if not recorded:
+        status.write(outcome, error=one_line(error))
     if exit_code is not None:
         sys.exit(exit_code)
     return {"status": outcome}
 
 
+def _filesystem_failure(error: OSError, status: RunStatus, end: Callable[..., None], in_sweep: bool) -> dict[str, Any]:
+    """A file-system error (full disk, read-only or vanished folder): one line naming the path and the error;
+    exit 2 when it came before training (``status.json`` could not say "running"), else ``status.json`` "failed"
+    (if it can still be written) and exit :data:`~ufm_torch.cli.process.EX_IOERR`. No ``*.tmp`` file is left."""
+    line = filesystem_error(error, status.path.parent)
+    remove_temporary_files(status.path.parent)
+    if status.written:
+        try:
+            end("failed", line)
+        except OSError as second:
+            line = f"{line}; status.json could not be updated either ({filesystem_error(second)})"
+    elif not in_sweep:
+        refuse(error)
+    print(f"\rufm-train: error: {line}", file=sys.stderr)
+    if in_sweep:
+        return {"status": "failed"}
+    sys.exit(EX_IOERR)
+
+
+def _instantiation_error(error: BaseException, cfg: DictConfig) -> BaseException:
+    """A ConfigError saying why Hydra could not build an object: its config key, its target and the reason; for an
+    unknown keyword (``+trainer.max_step=10``) the key it came from and the closest key of that node."""
+    if not isinstance(error, InstantiationException):
+        return error
+    text = str(error)
+    target = re.search(r"target '([\w.]+)'", text)
+    node = re.search(r"full_key: ([\w.]+)", text)
+    cause = error.__cause__
+    reason = f"{type(cause).__name__}: {cause}" if cause is not None else " ".join(text.split())
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", reason)
+    if target and node and unknown:
+        keys = OmegaConf.select(cfg, node[1])
+        known = [key for key in keys if key != unknown[1]] if isinstance(keys, DictConfig) else []
+        close = difflib.get_close_matches(unknown[1], known, n=1)
+        hint = f"; did you mean {node[1]}.{close[0]}?" if close else ""
+        return ConfigError(f"{node[1]}.{unknown[1]} is not an argument of {target[1]} ({reason}){hint}")
+    where = f"{node[1]} ({target[1]})" if node and target else (target[1] if target else "an object of the config")
+    return ConfigError(f"cannot build {where}: {reason}")
+
+
 def main() -> None:
     """Console script: every config mistake (unknown group option or key, unparsable override, missing launcher or
-    sweeper plugin, a sweep the sweeper cannot run, out-of-range value) ends with exit code 2 and one line on stderr;
-    then Hydra runs the task."""
+    sweeper plugin, a sweep the sweeper cannot run, out-of-range value, a resume that would change the run, a run
+    folder that cannot be written) ends with exit code 2 and one line on stderr, leaving no run folder behind; then
+    Hydra runs the task. A resume runs the run's own command again (:mod:`ufm_torch.cli.resume`)."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    PROCESS.reset()
+    lightning_logs_to_stderr()
+    arguments = sys.argv[1:]
     try:
-        check_group_choices(sys.argv[1:], CONFIG_DIR)
-        check_plugins(sys.argv[1:])
+        check_group_choices(arguments, CONFIG_DIR)
+        check_plugins(arguments)
+        PROCESS.resume = plan_resume(arguments, CONFIG_DIR)
+        if PROCESS.resume is not None:
+            sys.argv = [sys.argv[0], *PROCESS.resume.arguments]
         train()
     except (ConfigError, HydraException) as error:
+        remove_new_run_folder()
         print(f"ufm-train: error: {_composition_message(error)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:
+        refuse(error)
+    except KeyboardInterrupt:
+        print("\rufm-train: interrupted (SIGINT)", file=sys.stderr)
+        sys.exit(130)
+    if PROCESS.exit_code is not None:
+        print(PROCESS.last_line, file=sys.stderr)
+        sys.exit(PROCESS.exit_code)
 
 
 def _composition_message(error: Exception) -> str:
-    """Hydra's message about a bad override on one line: its first line, the override, "no such key" if so."""
+    """Hydra's message about a bad override on one line: its first line, the override, "no such key" if so, and
+    the reason of an object Hydra could not build."""
+    if isinstance(error, ConfigError | InstantiationException):
+        return one_line(error)
     text = f"{error} {error.__cause__ or ''}"
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if isinstance(error, OverrideParseException) and getattr(error, "override", None):

@@ -3,6 +3,13 @@
 Each key's type and range is the typed schema's (:mod:`ufm_torch.cli.schema`); the rules that tie keys together
 (the stable SGD step size, the rank needed for strong collapse) are written out here, except the precision
 policy's (:mod:`ufm_torch.training.precision`, shared with the Trainer's construction).
+
+Cost: this module imports neither torch nor Lightning. The schema and the rules that need nothing but the config run
+first, so most rejected configs answer in a fraction of a second (``benchmarks/bench_rejected_config.py``). The rules
+that depend on what the network is (its default loss, the precision policy, backbone-only keys), on the class sizes,
+on the metric tags or on the devices ask the modules that know (:mod:`ufm_torch.models`,
+:mod:`ufm_torch.training.precision`, :mod:`ufm_torch.metrics.tags`, torch), which import torch (not Lightning); they run
+last, and only once the cheaper checks have passed.
 """
 
 from __future__ import annotations
@@ -10,17 +17,12 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pydantic import ValidationError
 
 from ufm_torch.cli.schema import TrainConfig, schema_error
-from ufm_torch.data.ufm import class_sizes
 from ufm_torch.errors import ConfigError
-from ufm_torch.metrics.tags import scalar_tags
-from ufm_torch.models import default_loss_name, target_object
-from ufm_torch.training.precision import resolve_precision, trains_free_features
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -42,18 +44,43 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
-def check_schema(config: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` naming the first key of the resolved ``config`` whose value the schema forbids."""
+def check_schema(config: dict[str, Any]) -> dict[str, Any]:
+    """Raise :class:`ConfigError` naming the first key of the resolved ``config`` whose value the schema forbids;
+    return the checked values (integral floats of integer keys as integers)."""
     try:
-        TrainConfig.model_validate(config)
+        return TrainConfig.model_validate(config).model_dump()
     except ValidationError as error:
         raise ConfigError(schema_error(error.errors()[0], config)) from None
 
 
+def write_integers(cfg: DictConfig, config: dict[str, Any], checked: dict[str, Any]) -> None:
+    """Write into ``cfg`` each integer the schema read from an integral float of the resolved ``config``
+    (``trainer.max_steps=1e3`` becomes 1000), so that what is built gets an ``int``. A key whose value is an
+    interpolation is left as it is: it follows the key it names."""
+    for key, value in config.items():
+        new = checked.get(key) if isinstance(checked, dict) else None
+        if isinstance(value, dict) and isinstance(new, dict):
+            write_integers(cfg[key], value, new)
+        elif _became_integer(value, new) and not OmegaConf.is_interpolation(cfg, key):
+            cfg[key] = new
+
+
+def _became_integer(value: Any, checked: Any) -> bool:
+    """Whether the schema turned a float of ``value`` (or of its list) into an integer."""
+    if isinstance(value, list) and isinstance(checked, list) and len(value) == len(checked):
+        return any(_became_integer(item, new) for item, new in zip(value, checked, strict=True))
+    return isinstance(value, float) and isinstance(checked, int) and not isinstance(checked, bool)
+
+
 def effective_loss(cfg: DictConfig) -> str:
-    """``module.loss``, or the default for the configured network when it is null."""
-    network_factory = target_object(str(OmegaConf.select(cfg, "model._target_", default="")))
-    return cfg.module.get("loss") or default_loss_name(network_factory)
+    """``module.loss``, or the default for the configured network when it is null (asks the network's class,
+    which imports torch)."""
+    loss = cfg.module.get("loss")
+    if loss:
+        return loss
+    from ufm_torch.models import default_loss_name, target_object
+
+    return default_loss_name(target_object(str(OmegaConf.select(cfg, "model._target_", default=""))))
 
 
 DECAYS_OF_THE_ORACLE = ("feature_decay", "classifier_decay")
@@ -64,6 +91,8 @@ def training_samples(cfg: DictConfig) -> int | None:
     """n = Σ_k n_k, the number of training samples of a UFM-style data config (None when it has no class sizes)."""
     if "num_classes" not in cfg.data or "samples_per_class" not in cfg.data:
         return None
+    from ufm_torch.models.ufm import class_sizes
+
     try:
         sizes = class_sizes(
             cfg.data.num_classes,
@@ -114,14 +143,18 @@ def check_class_sizes(cfg: DictConfig) -> None:
         raise ConfigError(f"data.minority_classes={minority} must be at most data.num_classes={num_classes}")
 
 
-def check_regularisers(cfg: DictConfig) -> None:
-    """``module.bias_decay`` needs a bias; ``module.label_smoothing`` belongs to cross-entropy."""
+def check_bias_decay(cfg: DictConfig) -> None:
+    """``module.bias_decay`` needs a bias."""
     bias_decay = OmegaConf.select(cfg, "module.bias_decay", default=0.0) or 0.0
     if bias_decay and OmegaConf.select(cfg, "model.bias", default=True) is False:
         raise ConfigError(
             f"module.bias_decay={bias_decay} needs a bias, but model.bias=false; set module.bias_decay=0 or "
             "model.bias=true"
         )
+
+
+def check_label_smoothing(cfg: DictConfig) -> None:
+    """``module.label_smoothing`` belongs to cross-entropy."""
     smoothing = OmegaConf.select(cfg, "module.label_smoothing", default=0.0) or 0.0
     if smoothing and effective_loss(cfg) != "cross_entropy":
         raise ConfigError(
@@ -130,15 +163,22 @@ def check_regularisers(cfg: DictConfig) -> None:
         )
 
 
-def check_backbone_only_keys(cfg: DictConfig) -> None:
-    """``module.scheduler`` (a scheduler partial) and ``callbacks.collapse_monitor.in_epochs`` apply to backbones:
-    the UFM's fused closed-form steps bypass Lightning's scheduler stepping, and its epochs are not passes over data."""
+def check_scheduler_shape(cfg: DictConfig) -> None:
+    """``module.scheduler`` is null or a scheduler partial."""
     scheduler = OmegaConf.select(cfg, "module.scheduler")
     if scheduler is not None and (not isinstance(scheduler, DictConfig) or "_target_" not in scheduler):
         raise ConfigError(
             f"module.scheduler={scheduler} is not allowed; it must be null or a scheduler partial (_target_, "
             "_partial_: true, and its arguments)"
         )
+
+
+def check_backbone_only_keys(cfg: DictConfig) -> None:
+    """``module.scheduler`` and ``callbacks.collapse_monitor.in_epochs`` apply to backbones: the UFM's fused
+    closed-form steps bypass Lightning's scheduler stepping, and its epochs are not passes over data."""
+    from ufm_torch.training.precision import trains_free_features
+
+    scheduler = OmegaConf.select(cfg, "module.scheduler")
     if not trains_free_features(cfg):
         return
     if scheduler is not None:
@@ -155,24 +195,46 @@ def check_backbone_only_keys(cfg: DictConfig) -> None:
 
 def check_accelerator(cfg: DictConfig) -> None:
     """``trainer.accelerator=gpu`` (``trainer=gpu``, ``trainer=ddp``, the Papyan presets) needs a CUDA device."""
-    if OmegaConf.select(cfg, "trainer.accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+    if OmegaConf.select(cfg, "trainer.accelerator") not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={cfg.trainer.accelerator} needs a CUDA device and torch sees none (torch "
             f"{torch.__version__}, CUDA build: {torch.version.cuda is not None}); use trainer=default on this machine"
         )
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Check every user-facing key; raise :class:`ConfigError` on the first mistake, warn on hopeless settings."""
-    check_schema(resolved_config(cfg))
-    check_accelerator(cfg)
-    check_class_sizes(cfg)
-    training_samples(cfg)
-    check_regularisers(cfg)
-    check_backbone_only_keys(cfg)
+def check_objective(cfg: DictConfig) -> None:
+    """``objective`` is null or a scalar metric tag."""
     objective = cfg.get("objective")
-    if objective is not None and objective not in scalar_tags():
+    if objective is None:
+        return
+    from ufm_torch.metrics.tags import scalar_tags
+
+    if objective not in scalar_tags():
         raise ConfigError(f"objective={objective} is not a metric tag; use null or one of {', '.join(scalar_tags())}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every user-facing key; raise :class:`ConfigError` on the first mistake, warn on hopeless settings.
+
+    Integral floats of integer keys (``1e3``) are written back into ``cfg`` as integers. The checks that need only
+    the config come first (no torch); those that ask the network's class, the metric tags or the devices come last.
+    """
+    config = resolved_config(cfg)
+    write_integers(cfg, config, check_schema(config))
+    check_class_sizes(cfg)
+    check_bias_decay(cfg)
+    check_scheduler_shape(cfg)
+    # From here on the checks import torch (never Lightning).
+    training_samples(cfg)
+    check_label_smoothing(cfg)
+    check_backbone_only_keys(cfg)
+    check_objective(cfg)
+    from ufm_torch.training.precision import resolve_precision
+
     resolve_precision(cfg)
     limit = _bias_stability_limit(cfg)
     if limit is not None and cfg.optimizer.lr >= limit and not cfg.allow_unstable:
@@ -182,6 +244,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"{curvature:g} being the bias direction's curvature (batch size for sum_squared, 1 for mean_squared, "
             "plus module.bias_decay; it diverges otherwise); set allow_unstable=true to run it anyway"
         )
+    check_accelerator(cfg)
     feature_dim = OmegaConf.select(cfg, "model.feature_dim")
     num_classes = OmegaConf.select(cfg, "data.num_classes")
     if feature_dim is not None and num_classes is not None and feature_dim < num_classes - 1:

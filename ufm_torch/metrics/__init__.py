@@ -1,15 +1,20 @@
-"""Collapse metrics: neural collapse NC1–NC4 (Papyan, Han & Donoho 2020) and strong neural collapse (Mixon et al.).
+"""Collapse metrics: neural collapse NC1–NC4 (Papyan, Han & Donoho 2020), the field's later measures (CDNV, GNC2,
+UNC3, nearest-centre agreement) and strong neural collapse (Mixon et al.).
 
 Pure functions take whole tensors in the row convention (``features`` ``(..., n, p)``, ``labels`` ``(n,)``,
 ``weight`` ``(..., C, p)``, ``bias`` ``(..., C)``; leading ``...`` are replicas) and return dicts of float64
 tensors of shape ``...`` on the input's device:
 
-- :func:`nc_metrics` (keys :data:`NC_METRIC_NAMES`), :func:`snc_metrics` (keys :data:`SNC_METRIC_NAMES`,
-  balanced labels), :func:`collapse_metrics` (both), :func:`project_onto_S`.
+- :func:`layer_metrics` (keys :data:`LAYER_METRIC_NAMES`, with a classifier also :data:`CLASSIFIER_METRIC_NAMES`),
+  :func:`nc_metrics` (keys :data:`NC_METRIC_NAMES`), :func:`snc_metrics` (keys :data:`SNC_METRIC_NAMES`, balanced
+  labels), :func:`collapse_metrics` (NC and SNC), :func:`project_onto_S`; :func:`cdnv`, :func:`gnc2`, :func:`unc3`
+  of class means.
 
-Streaming (batches, devices): :class:`ClassStatisticsAccumulator` → :class:`ClassStatistics` →
-:func:`nc_metrics_from_statistics` (all but ``nc4``) and :func:`snc_metrics_from_statistics`;
-:class:`NearestCenterMismatch` gives ``nc4``. Undefined values are NaN with a :class:`CollapseMetricWarning`.
+Streaming (batches, devices): two passes, O(C·p + C²) numbers per replica: :class:`ClassMeansAccumulator` →
+:class:`ClassMeans` → :class:`CentredMomentsAccumulator` → :class:`ClassStatistics` →
+:func:`layer_metrics_from_statistics`; or one pass with a p×p scatter: :class:`ClassStatisticsAccumulator` →
+:func:`nc_metrics_from_statistics` (all but ``nc4``) and :func:`snc_metrics_from_statistics`, with
+:class:`NearestCenterMismatch` for ``nc4``. Undefined values are NaN with a :class:`CollapseMetricWarning`.
 """
 
 from ufm_torch.metrics.accumulators import ClassStatisticsAccumulator, NearestCenterMismatch
@@ -21,7 +26,13 @@ from ufm_torch.metrics.neural_collapse import (
     nc_metrics_from_statistics,
     nearest_center_mismatches,
 )
-from ufm_torch.metrics.statistics import ClassStatistics, CollapseMetricWarning, class_statistics
+from ufm_torch.metrics.statistics import (
+    ClassifierDecisions,
+    ClassStatistics,
+    CollapseMetricWarning,
+    ProjectedScatter,
+    class_statistics,
+)
 from ufm_torch.metrics.strong_collapse import (
     SNC_METRIC_NAMES,
     project_onto_S,
@@ -29,18 +40,41 @@ from ufm_torch.metrics.strong_collapse import (
     snc_metrics,
     snc_metrics_from_statistics,
 )
+from ufm_torch.metrics.two_pass import CentredMomentsAccumulator, ClassMeans, ClassMeansAccumulator
+from ufm_torch.metrics.variability import (
+    CLASSIFIER_METRIC_NAMES,
+    LAYER_METRIC_NAMES,
+    cdnv,
+    gnc2,
+    layer_metrics,
+    layer_metrics_from_statistics,
+    layer_metrics_with_statistics,
+    unc3,
+)
 
 __all__ = [
+    "CLASSIFIER_METRIC_NAMES",
+    "LAYER_METRIC_NAMES",
     "NC_METRIC_NAMES",
     "SNC_METRIC_NAMES",
+    "CentredMomentsAccumulator",
+    "ClassMeans",
+    "ClassMeansAccumulator",
     "ClassStatistics",
     "ClassStatisticsAccumulator",
+    "ClassifierDecisions",
     "CollapseMetricWarning",
     "NearestCenterMismatch",
+    "ProjectedScatter",
+    "cdnv",
     "centred_mean_directions",
     "class_statistics",
     "collapse_metrics",
     "collapse_metrics_with_statistics",
+    "gnc2",
+    "layer_metrics",
+    "layer_metrics_from_statistics",
+    "layer_metrics_with_statistics",
     "nc_metrics",
     "nc_metrics_from_statistics",
     "nearest_center_mismatches",
@@ -48,4 +82,5 @@ __all__ = [
     "samples_per_class",
     "snc_metrics",
     "snc_metrics_from_statistics",
+    "unc3",
 ]

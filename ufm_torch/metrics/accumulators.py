@@ -16,8 +16,9 @@ with the final class means: ``NearestCenterMismatch``. Usage::
     values["nc4"] = mismatch.compute()
 
 Batches are merged with the pairwise update of Chan, Golub & LeVeque (1979/1983): for each class,
-``n = n_a + n_b``, ``δ = μ_b − μ_a``, ``μ = μ_a + (n_b/n)δ`` and the pooled scatter gains
-``Σ_c (n_a,c n_b,c / n_c) δ_c δ_cᵀ``. Means are stored as a per-class reference point (the first batch's
+``n = n_a + n_b``, ``δ = μ_b − μ_a``, ``μ = μ_a + (n_b/n)δ``, the pooled scatter gains
+``Σ_c (n_a,c n_b,c / n_c) δ_c δ_cᵀ`` and each class's sum of squares ``Σ_{i∈c} ‖h_i − μ_c‖²`` (for CDNV) gains
+``(n_a,c n_b,c / n_c) ‖δ_c‖²``. Means are stored as a per-class reference point (the first batch's
 provisional mean) plus a small offset, so ``δ`` is computed from offsets and stays accurate when the
 within-class spread is many orders of magnitude below the means (``Σ_W → 0``). All states are in units
 of a running power-of-two scale (exact rescaling), as in :mod:`ufm_torch.metrics.statistics`.
@@ -47,20 +48,24 @@ from ufm_torch.metrics.statistics import (
 
 class Moments(NamedTuple):
     """Class moments of features divided by ``scale``: ``counts`` ``(C,)``, ``scale`` ``(*R)``, per-class
-    reference points ``shift`` and ``offset = mean − shift`` ``(*R, C, p)``, pooled ``scatter`` ``(*R, p, p)``."""
+    reference points ``shift`` and ``offset = mean − shift`` ``(*R, C, p)``, pooled ``scatter`` ``(*R, p, p)``,
+    per-class sums of squares ``traces`` ``(*R, C)``."""
 
     counts: Tensor
     scale: Tensor
     shift: Tensor
     offset: Tensor
     scatter: Tensor
+    traces: Tensor
 
     def rescaled(self, scale: Tensor) -> Moments:
         """The same moments in units of ``scale ≥ self.scale`` (powers of two: exact)."""
         ratio = (self.scale / divisor(scale))[..., None, None]
+        squared = ratio.square()
         return Moments(
-            self.counts, scale, self.shift * ratio, self.offset * ratio, self.scatter * ratio.square()
-        )
+            self.counts, scale, self.shift * ratio, self.offset * ratio, self.scatter * squared,
+            self.traces * squared[..., 0],
+        )  # fmt: skip
 
 
 def batch_moments(features: Tensor, labels: Tensor, num_classes: int) -> Moments:
@@ -68,11 +73,12 @@ def batch_moments(features: Tensor, labels: Tensor, num_classes: int) -> Moments
     check_labels(labels, features.shape[-2], num_classes)
     scale = matrix_scale(features)
     counts, rows = corrected_two_pass_moments(features, labels, num_classes, scale)
-    return Moments(counts, scale, rows.provisional, rows.corrections, rows.scatter_matrix())
+    return Moments(counts, scale, rows.provisional, rows.corrections, rows.scatter_matrix(), rows.class_traces)
 
 
 def merge_moments(first: Moments, second: Moments) -> Moments:
-    """Pairwise merge (Chan, Golub & LeVeque): ``μ = μ_a + (n_b/n)δ``, ``S = S_a + S_b + Σ_c (n_a n_b/n) δ_c δ_cᵀ``."""
+    """Pairwise merge (Chan, Golub & LeVeque): ``μ = μ_a + (n_b/n)δ``, ``S = S_a + S_b + Σ_c (n_a n_b/n) δ_c δ_cᵀ``,
+    ``T_c = T_a,c + T_b,c + (n_a n_b/n) ‖δ_c‖²``."""
     scale = torch.maximum(first.scale, second.scale)
     first, second = first.rescaled(scale), second.rescaled(scale)
     has_first = (first.counts > 0)[:, None]
@@ -85,15 +91,17 @@ def merge_moments(first: Moments, second: Moments) -> Moments:
     share = second.counts / counts.clamp(min=1)
     coupling = (first.counts * share)[:, None]
     scatter = first.scatter + second.scatter + (coupling * delta).transpose(-1, -2) @ delta
-    return Moments(counts, scale, shift, first_offset + share[:, None] * delta, scatter)
+    traces = first.traces + second.traces + coupling[:, 0] * delta.square().sum(dim=-1)
+    return Moments(counts, scale, shift, first_offset + share[:, None] * delta, scatter, traces)
 
 
 class ClassStatisticsAccumulator(Metric):
     """Class counts, means and pooled within-class scatter of batched features (Papyan, Han & Donoho 2020).
 
     ``update(features, labels)`` with ``features`` ``(*replica_shape, b, p)`` and labels ``(b,)`` in
-    ``[0, C)``; ``compute()`` returns :class:`ClassStatistics` with a :class:`ScatterMatrix`, equal (up to
-    rounding) to ``class_statistics`` of the concatenated batches. Memory ``O(C p + p²)`` per replica.
+    ``[0, C)``; ``compute()`` returns :class:`ClassStatistics` with a :class:`ScatterMatrix` and per-class sums of
+    squares, equal (up to rounding) to ``class_statistics`` of the concatenated batches. Memory ``O(C p + p²)`` per
+    replica; ``ufm_torch.metrics.two_pass`` needs ``O(C p + C²)`` and two passes over the data.
     """
 
     full_state_update = False
@@ -113,6 +121,7 @@ class ClassStatisticsAccumulator(Metric):
             shift=(*self.replica_shape, num_classes, feature_dim),
             offset=(*self.replica_shape, num_classes, feature_dim),
             scatter=(*self.replica_shape, feature_dim, feature_dim),
+            traces=(*self.replica_shape, num_classes),
         )
         for name, shape in zip(Moments._fields, self.state_shapes, strict=True):
             self.add_state(name, torch.zeros(1, *shape, dtype=torch.float64), dist_reduce_fx="cat")
@@ -141,7 +150,7 @@ class ClassStatisticsAccumulator(Metric):
         """Class statistics of all batches seen (on all processes)."""
         merged = self.merged_rows()
         return ClassStatistics(
-            merged.counts, merged.shift + merged.offset, ScatterMatrix(merged.scatter), merged.scale
+            merged.counts, merged.shift + merged.offset, ScatterMatrix(merged.scatter), merged.scale, merged.traces
         )
 
 

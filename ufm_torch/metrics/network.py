@@ -1,41 +1,92 @@
-"""Every collapse metric of a network in training, for the collapse monitor: the UFM's parameters or a backbone's
-pass over its training set.
+"""Every collapse metric of a network in training, layer by layer, for the collapse monitor.
 
-The UFM's features are a parameter, so :func:`measure_free_features` reads them directly. A backbone's features
-h(x_i) must be computed: :func:`measure_backbone` runs the network once over the training set (in eval
-mode, without augmentation), feeds the streaming accumulators of :mod:`ufm_torch.metrics` (which reduce
-across processes), and reuses the cached features for NC4, which needs the final class means.
-Both return a :class:`NetworkMeasurement`, so the monitor chooses between them once.
+One measurement path for every network. A **layer** is read as one row of features per sample
+(:mod:`ufm_torch.metrics.layers`); its class statistics give every metric of :mod:`ufm_torch.metrics`
+(:func:`ufm_torch.metrics.layer_metrics_from_statistics`), the classifier's weight and bias adding NC3, NC4, UNC3
+and the nearest-centre agreement for the features that enter it, and SNC1–SNC3 and dist_S on the training split.
+Where the rows come from is the only difference between networks:
 
-Unbalanced classes (an imbalanced UFM): NC1–NC4 are defined for any class sizes n_k (class means, μ_G the mean of the
-class means, Σ_W pooled over all n samples, NC4 a fraction of all samples), but SNC1–SNC3 and dist_S (Mixon et al.)
-need a single N, the size of every class. There they are NaN for every replica (:func:`strong_collapse_values`), which
-means "undefined": ``metrics.jsonl`` writes it as ``null`` (:class:`ufm_torch.run_folder.metrics_log.MetricsLog`).
+- the UFM's only layer is the input of its classifier, the feature matrix H itself, a parameter: its statistics are
+  computed from the whole tensor, batched over replicas (:func:`measure_free_features`), with no forward pass;
+- any other network (a backbone of this package or any ``nn.Module``) is run over a data loader with forward hooks
+  (:func:`measure_layers`): a first pass accumulates class means (``ClassMeansAccumulator``), a second the centred
+  moments (``CentredMomentsAccumulator``), O(C·p + C²) numbers per layer, never a p×p matrix. The second pass reads
+  the activations of the first, kept while they take at most ``cache_bytes``, and otherwise runs the network again.
+
+Held-out data (Hui, Belkin & Nakkiran 2022: features collapse on the training set and much less on held-out data)
+gets NC1 and CDNV of its own class statistics and, at the classifier, NC4 and the agreement with the nearest
+*training* class centre, plus the held-out accuracy.
+
+Under DDP every process measures its own shard of the loader (each sample once, :func:`process_shard`) and the
+accumulators' states are summed across processes, so every process gets the values of the whole data set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
-import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from ufm_torch.metrics.accumulators import ClassStatisticsAccumulator, NearestCenterMismatch
-from ufm_torch.metrics.neural_collapse import nc_metrics_from_statistics, nc_metrics_with_statistics
-from ufm_torch.metrics.statistics import ClassStatistics, class_statistics
+from ufm_torch.errors import ConfigError
+from ufm_torch.metrics.layers import FeatureMap, LayerTaps, classifier_parameters, find_module, read_batch
+from ufm_torch.metrics.statistics import ClassLabels, ClassStatistics, class_statistics
 from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES, snc_metrics_from_statistics
 from ufm_torch.metrics.tags import HELDOUT_ACCURACY_TAG, LOSS_TAG, TRAIN_ACCURACY_TAG, metric_tag
+from ufm_torch.metrics.two_pass import CentredMomentsAccumulator, ClassMeansAccumulator
+from ufm_torch.metrics.variability import layer_metrics_from_statistics, layer_metrics_with_statistics
+
+TRAIN = "train"
+HELDOUT = "heldout"
+HELDOUT_METRICS = ("nc1", "cdnv", "nc4", "ncc_agreement")
+"""What a held-out split records: within-class variability (NC1, CDNV) of its own class statistics and, at the
+classifier, NC4 and the agreement against the training class centres (Hui, Belkin & Nakkiran 2022)."""
+
+SPLIT_ACCURACY_TAGS = {TRAIN: TRAIN_ACCURACY_TAG, HELDOUT: HELDOUT_ACCURACY_TAG}
+"""Where the classifier's accuracy on each split is recorded: in the main layer's training record."""
+
+Objective = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(logits (n, C), labels (n,), penultimate features (n, p)) -> f``: the training objective of a whole split."""
+
+
+class LayerValues(NamedTuple):
+    """One layer and split of an evaluation: ``values`` maps tags to float64 per-replica values ``(R,)``."""
+
+    layer: str
+    split: str
+    values: dict[str, Tensor]
 
 
 class NetworkMeasurement(NamedTuple):
-    """One evaluation: ``values`` maps each tag to float64 per-replica values ``(R,)``; ``class_means`` ``(R, C, p)``
-    are the class means it used (for the Gram images)."""
+    """One evaluation: the main layer's training values first (the classifier's input where there is a classifier),
+    then every other layer and split; ``class_means`` ``(R, C, p)`` of the main layer (for the Gram images)."""
 
-    values: dict[str, Tensor]
+    layers: list[LayerValues]
     class_means: Tensor
+
+    @property
+    def values(self) -> dict[str, Tensor]:
+        """The main layer's training values."""
+        return self.layers[0].values
+
+
+@dataclass(frozen=True)
+class MeasurementPlan:
+    """What to measure in a network: ``layers`` (module names, the main layer first), ``classifier`` (the name of a
+    linear classifier or None), ``num_classes``, how feature maps become rows, the keys of dict batches and how many
+    bytes of activations the first pass may keep for the second."""
+
+    layers: tuple[str, ...]
+    classifier: str | None
+    num_classes: int
+    feature_map: FeatureMap = FeatureMap.POOL
+    batch_keys: tuple[str, str] = ("inputs", "labels")
+    cache_bytes: int = 256 * 2**20
 
 
 def is_distributed() -> bool:
@@ -44,7 +95,8 @@ def is_distributed() -> bool:
 
 
 def process_shard(loader: DataLoader) -> DataLoader:
-    """This process's share of ``loader``'s samples: every ``world_size``-th sample from its rank, in order.
+    """This process's share of ``loader``'s samples: every ``world_size``-th sample from its rank, in order, with the
+    loader's collate function and workers.
 
     Unlike ``DistributedSampler`` nothing is padded or repeated, so each sample is counted exactly once.
     """
@@ -52,7 +104,10 @@ def process_shard(loader: DataLoader) -> DataLoader:
         return loader
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     shard = Subset(loader.dataset, range(rank, len(loader.dataset), world_size))
-    return DataLoader(shard, batch_size=loader.batch_size, shuffle=False)
+    return DataLoader(
+        shard, batch_size=loader.batch_size or 256, shuffle=False, collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )  # fmt: skip
 
 
 def sum_over_processes(value: Tensor) -> Tensor:
@@ -80,119 +135,226 @@ def has_balanced_classes(counts: Tensor) -> bool:
     return int(counts.min()) == int(counts.max()) > 0
 
 
-def strong_collapse_values(statistics: ClassStatistics, weight: Tensor, bias: Tensor) -> dict[str, Tensor]:
+def strong_collapse_values(
+    statistics: ClassStatistics, weight: Tensor, bias: Tensor, labels: ClassLabels | None = None
+) -> dict[str, Tensor]:
     """SNC1–SNC3 and dist_S (:func:`ufm_torch.metrics.snc_metrics_from_statistics`) when every class has the same
     N ≥ 1 samples; otherwise NaN (undefined: ``‖WWᵀ − √N(I − 11ᵀ/C)‖_F`` and ``(1/√N)(W ⊗ 1_N)ᵀ`` need one N) for every
-    replica, float64 of the replica shape, with no warning (an imbalanced UFM is a setting, not a degenerate input).
-    """
-    if has_balanced_classes(statistics.counts):
-        return snc_metrics_from_statistics(statistics, weight, bias)
+    replica, float64 of the replica shape, with no warning (an imbalanced UFM, or real data of unequal class sizes, is
+    a setting, not a degenerate input). ``labels``: the checked labels when known, whose balance is then not read
+    again."""
+    samples = labels.balanced_size if labels is not None else None
+    if samples is not None or (labels is None and has_balanced_classes(statistics.counts)):
+        return snc_metrics_from_statistics(statistics, weight, bias, samples)
     shape = torch.broadcast_shapes(statistics.scale.shape, weight.shape[:-2])
     return {name: weight.new_full(shape, torch.nan, dtype=torch.float64) for name in SNC_METRIC_NAMES}
 
 
-def training_set_features(network: nn.Module, loader: DataLoader) -> tuple[Tensor, Tensor]:
-    """Features ``(n_local, p)`` and labels of this process's shard, one forward pass per batch."""
-    parameter = next(network.parameters())
-    features, labels = [], []
-    for inputs, batch_labels in process_shard(loader):
-        features.append(network.forward_features(inputs.to(parameter.device, parameter.dtype)))
-        labels.append(batch_labels.to(parameter.device))
-    return torch.cat(features), torch.cat(labels)
+def tagged(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Metric names as tags (:func:`ufm_torch.metrics.tags.metric_tag`)."""
+    return {metric_tag(name): value for name, value in values.items()}
 
 
-def collapse_values(network: nn.Module, features: Tensor, labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-    """NC1–NC4 (``collapse/…``), SNC1–SNC3 and dist_S (``strong_collapse/…``) of all processes' features.
+@torch.inference_mode()
+def measure_free_features(
+    network: nn.Module, labels: ClassLabels, layer: str, objective: Objective, logits: Tensor | None = None
+) -> NetworkMeasurement:
+    """Every collapse metric of each UFM replica from its parameters, plus ``train/loss`` (the objective f with its
+    decays) and ``train/accuracy``, as the training values of ``layer`` (the name of the classifier, whose input H is).
 
-    Class counts, means and the pooled within-class scatter are accumulated per process and merged
-    across processes; NC4 counts nearest-class-centre mismatches with the merged means (Papyan, Han &
-    Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and Figure 2; NaN on unbalanced classes,
-    :func:`strong_collapse_values`). Returns the values by tag and the class means.
+    ``labels``: the run's labels, checked and counted once (:func:`ufm_torch.metrics.statistics.class_labels`), any
+    class sizes n_k. ``logits`` ``(R, n, C)`` are those of the state measured when known (the module's last fused
+    block), else one forward pass. NC1–NC4 and the field's metrics from one pass of class statistics of the whole
+    tensor (:func:`ufm_torch.metrics.layer_metrics_with_statistics`); SNC1–SNC3 and dist_S by
+    :func:`strong_collapse_values`. A bias-free UFM's ``head.bias`` is its zero buffer, so SNC3 = ‖0 − 1/C‖₂. Runs in
+    inference mode: its hundreds of small operations skip autograd's bookkeeping (12–17% faster than ``no_grad`` at
+    the paper's size).
     """
-    weight, bias = network.head.weight, network.head.bias
-    accumulator = ClassStatisticsAccumulator(network.num_classes, network.feature_dim).to(features.device)
-    accumulator.update(features, labels)
-    statistics = accumulator.compute()
-    values = nc_metrics_from_statistics(statistics, weight, bias) | strong_collapse_values(statistics, weight, bias)
-    mismatch = NearestCenterMismatch().to(features.device)
-    mismatch.update(features, weight, bias, statistics.means)
-    values["nc4"] = mismatch.compute()
-    return {metric_tag(name): value for name, value in values.items()}, statistics.means
+    features, weight, bias = network.features, network.head.weight, network.head.bias
+    if logits is None:
+        logits = network.head(features)
+    statistics = class_statistics(features, labels, weight.shape[-2])
+    values = tagged(layer_metrics_with_statistics(statistics, weight, bias) | strong_collapse_values(
+        statistics, weight, bias, labels
+    ))  # fmt: skip
+    values[LOSS_TAG] = objective(logits, labels.labels, features).to(torch.float64)
+    values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels.labels).to(torch.float64).mean(-1)
+    return NetworkMeasurement([LayerValues(layer, TRAIN, values)], statistics.means)
 
 
 def float64_logits(head: nn.Module, features: Tensor) -> Tensor:
     """The logits ``head(features)`` computed in float64 (the head's parameters and ``features`` cast), so that the
-    monitor's loss and accuracy are float64 whatever the training precision (a bf16 network gives bf16 features)."""
+    monitor's loss is float64 whatever the training precision (a bf16 network gives bf16 features)."""
     parameters = {name: parameter.to(torch.float64) for name, parameter in head.named_parameters()}
     return torch.func.functional_call(head, parameters, (features.to(torch.float64),))
 
 
-def heldout_accuracy(network: nn.Module, loader: DataLoader) -> Tensor:
-    """Fraction of held-out samples (all processes) whose largest logit is their label; NaN without samples."""
-    parameter = next(network.parameters())
-    correct = torch.zeros((), dtype=torch.float64, device=parameter.device)
-    total = torch.zeros((), dtype=torch.float64, device=parameter.device)
-    for inputs, labels in process_shard(loader):
-        logits = network(inputs.to(parameter.device, parameter.dtype))
-        correct += (logits.argmax(dim=-1) == labels.to(parameter.device)).sum()
-        total += labels.numel()
-    return sum_over_processes(correct) / sum_over_processes(total)
+def first_floating_parameter(model: nn.Module) -> Tensor | None:
+    """The first floating-point parameter (device and dtype of the network's inputs), None if it has none."""
+    return next((parameter for parameter in model.parameters() if parameter.is_floating_point()), None)
 
 
-@torch.no_grad()
-def measure_backbone(pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> NetworkMeasurement:
-    """Every collapse metric of a backbone on its whole balanced training set, float64 tensors of shape ``(1,)``.
+class ForwardPasses:
+    """Runs ``model`` over a loader with its layers tapped; yields ``(rows by layer, labels)`` per batch.
 
-    Keys as for the UFM (``collapse/<nc name>``, ``strong_collapse/<snc name>``, ``train/loss``,
-    ``train/accuracy``) plus ``heldout/accuracy``. The network runs in eval mode (BatchNorm uses rank 0's
-    running statistics) with inputs cast to its parameters' dtype; the metrics, loss and accuracy are computed in
-    float64 from its features. It runs once over
-    ``trainer.datamodule.train_eval_dataloader()`` and once over ``heldout_dataloader()``, each process on
-    its own shard; train mode is restored afterwards. ``train/loss`` is the module's objective f over the whole
-    training set (``pl_module.objective_value``: data term plus the decays, λ_H on all its features). Every DDP
-    process must call this (the reductions are collective).
+    Inputs go to the device of the model's parameters, floating-point ones in their dtype (a float64 network on
+    float32 data). Labels outside ``[0, C)`` are a :class:`ConfigError`.
     """
-    network = pl_module.network
-    was_training = network.training
-    network.eval()
-    try:
-        synchronise_buffers(network)
-        features, labels = training_set_features(network, datamodule.train_eval_dataloader())
-        values, class_means = collapse_values(network, features, labels)
-        logits = concatenate_over_processes(float64_logits(network.head, features))
-        all_labels = concatenate_over_processes(labels)
-        penalised = concatenate_over_processes(features) if pl_module.feature_decay else features[:0]
-        values[LOSS_TAG] = pl_module.objective_value(logits, all_labels, penalised.to(torch.float64))
-        values[TRAIN_ACCURACY_TAG] = (logits.argmax(dim=-1) == all_labels).to(torch.float64).mean()
-        values[HELDOUT_ACCURACY_TAG] = heldout_accuracy(network, datamodule.heldout_dataloader())
-    finally:
-        network.train(was_training)
-    values = {name: value.to(torch.float64).reshape(1) for name, value in values.items()}
-    return NetworkMeasurement(values, class_means.unsqueeze(0))
+
+    def __init__(self, model: nn.Module, taps: LayerTaps, plan: MeasurementPlan) -> None:
+        self.model = model
+        self.taps = taps
+        self.plan = plan
+        parameter = first_floating_parameter(model)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        self.dtype = parameter.dtype if parameter is not None else None
+
+    def __call__(self, loader: DataLoader) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+        """One pass over this process's shard of ``loader``."""
+        for batch in process_shard(loader):
+            inputs, labels = read_batch(batch, self.plan.batch_keys)
+            inputs = move_data_to_device(inputs, self.device)
+            if isinstance(inputs, Tensor) and inputs.is_floating_point() and self.dtype is not None:
+                inputs = inputs.to(self.dtype)
+            labels = labels.to(self.device)
+            self.check_labels(labels)
+            self.taps.clear()
+            self.model(inputs)
+            missing = [name for name in self.plan.layers if name not in self.taps.rows]
+            if missing:
+                raise ConfigError(f"layers {missing} did not run in the network's forward pass, so they cannot be read")
+            yield dict(self.taps.rows), labels
+
+    def check_labels(self, labels: Tensor) -> None:
+        """A :class:`ConfigError` unless every label lies in ``[0, C)``."""
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.plan.num_classes):
+            raise ConfigError(
+                f"labels must lie in [0, {self.plan.num_classes}) (C = {self.plan.num_classes} classes, from the "
+                f"classifier's outputs or num_classes), got a batch with labels in [{int(labels.min())}, "
+                f"{int(labels.max())}]"
+            )
+
+
+class SplitPass(NamedTuple):
+    """The class statistics of every layer over one split, and the classifier's input rows with the split's labels
+    (None when not kept: only the objective needs them)."""
+
+    statistics: dict[str, ClassStatistics]
+    labels: Tensor | None
+    penultimate: Tensor | None
+
+
+def two_passes(
+    passes: ForwardPasses, loader: DataLoader, weight: Tensor | None, bias: Tensor | None,
+    centres: dict[str, Tensor] | None, keep_penultimate: bool,
+) -> SplitPass:  # fmt: skip
+    """Class means in a first pass, centred moments in a second (module docstring), for every layer of the plan.
+
+    The classifier's layer gets its weight and bias (NC4 against the nearest class centre: ``centres[layer]`` when
+    given, the split's own means otherwise). Activations of the first pass are kept for the second while they fit in
+    ``plan.cache_bytes``; past that the network runs again.
+    """
+    plan = passes.plan
+    means: dict[str, ClassMeansAccumulator] = {}
+    cache: list[tuple[dict[str, Tensor], Tensor]] | None = []
+    cached_bytes = 0
+    labels, penultimate, batches = [], [], 0
+    for rows, batch_labels in passes(loader):
+        batches += 1
+        for name, layer_rows in rows.items():
+            if name not in means:
+                means[name] = ClassMeansAccumulator(plan.num_classes, layer_rows.shape[-1]).to(passes.device)
+            means[name].update(layer_rows, batch_labels)
+        if keep_penultimate:
+            penultimate.append(rows[plan.classifier])
+            labels.append(batch_labels)
+        if cache is not None:
+            cached_bytes += sum(value.numel() * value.element_size() for value in rows.values())
+            if cached_bytes > plan.cache_bytes:
+                cache = None
+            else:
+                cache.append((rows, batch_labels))
+    if not batches:
+        raise ConfigError("the collapse monitor's data loader gave no batches")
+    moments = {}
+    for name, accumulator in means.items():
+        reference = accumulator.compute()
+        classifier = {"weight": weight, "bias": bias} if name == plan.classifier and weight is not None else {}
+        centre = {"centres": centres[name]} if centres and name in centres and classifier else {}
+        moments[name] = CentredMomentsAccumulator(reference, **classifier, **centre).to(passes.device)
+    second = cache if cache is not None else passes(loader)
+    for rows, batch_labels in second:
+        for name, accumulator in moments.items():
+            accumulator.update(rows[name], batch_labels)
+    return SplitPass(
+        {name: accumulator.compute() for name, accumulator in moments.items()},
+        concatenate_over_processes(torch.cat(labels)) if keep_penultimate else None,
+        concatenate_over_processes(torch.cat(penultimate)) if keep_penultimate else None,
+    )
+
+
+def split_values(
+    split: SplitPass, plan: MeasurementPlan, weight: Tensor | None, bias: Tensor | None, split_name: str,
+    measured_accuracy: dict[str, Tensor],
+) -> list[LayerValues]:  # fmt: skip
+    """The metrics of every layer of one split (training: all of them; held-out: :data:`HELDOUT_METRICS`); the
+    classifier's accuracy on the split goes to ``measured_accuracy[split_name]``."""
+    measured = []
+    for name in plan.layers:
+        statistics = split.statistics[name]
+        at_classifier = name == plan.classifier and weight is not None
+        values = layer_metrics_from_statistics(statistics, *((weight, bias) if at_classifier else ()))
+        accuracy = values.pop("accuracy", None)
+        if accuracy is not None:
+            measured_accuracy[split_name] = accuracy
+        if split_name == TRAIN and at_classifier:
+            values |= strong_collapse_values(statistics, weight.to(torch.float64), bias.to(torch.float64))
+        if split_name == HELDOUT:
+            values = {key: value for key, value in values.items() if key in HELDOUT_METRICS}
+        measured.append(LayerValues(name, split_name, tagged(values)))
+    return measured
 
 
 @torch.inference_mode()
-def measure_free_features(pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> NetworkMeasurement:
-    """Every collapse metric of each UFM replica from its parameters, plus ``train/loss`` (the objective f with its
-    decays, ``pl_module.objective_value``) and ``train/accuracy``.
+def measure_layers(
+    model: nn.Module, plan: MeasurementPlan, train_loader: DataLoader, heldout_loader: DataLoader | None = None,
+    objective: Objective | None = None,
+) -> NetworkMeasurement:  # fmt: skip
+    """Every metric of every layer of ``plan`` over ``train_loader`` (and ``heldout_loader``), in eval mode.
 
-    The logits are those of the module's last fused block when it ended at this state
-    (``pl_module.current_logits()``), else one forward pass; the labels are ``datamodule.labels`` (any class sizes
-    n_k). NC1–NC4 from one pass of class statistics; SNC1–SNC3 and dist_S by :func:`strong_collapse_values` (NaN,
-    undefined, on unbalanced classes). A bias-free UFM's ``head.bias`` is its zero buffer, so SNC3 = ‖0 − 1/C‖₂.
-    Runs in inference mode: its hundreds of small operations skip autograd's bookkeeping (12–17% faster than
-    ``no_grad`` at the paper's size); the values are read, never trained on.
+    The main layer's training values also hold ``train/accuracy`` (argmax of the classifier, in float64, against the
+    labels), ``train/loss`` when an ``objective`` is given, and ``heldout/accuracy`` with held-out data. Every module's
+    train/eval mode is restored afterwards; BatchNorm uses rank 0's running statistics. Every DDP process must call
+    this (the reductions are collective). Values are float64 tensors of shape ``(1,)``.
     """
-    network = pl_module.network
-    features, weight, bias = network.features, network.head.weight, network.head.bias
-    labels = datamodule.labels.to(features.device)
-    logits = pl_module.current_logits()
-    if logits is None:
-        logits = network.head(features)
-    statistics = class_statistics(features, labels, weight.shape[-2])
-    metrics = nc_metrics_with_statistics(statistics, weight, bias) | strong_collapse_values(statistics, weight, bias)
-    values = {metric_tag(name): value for name, value in metrics.items()}
-    values[LOSS_TAG] = pl_module.objective_value(logits, labels, features).to(torch.float64)
-    values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels).to(torch.float64).mean(-1)
-    return NetworkMeasurement(values, statistics.means)
-
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        synchronise_buffers(model)
+        weight, bias = (None, None)
+        if plan.classifier is not None:
+            weight, bias = classifier_parameters(find_module(model, plan.classifier, "classifier"))
+        taps = LayerTaps(model, plan.layers, plan.classifier, plan.feature_map)
+        with taps.attached():
+            passes = ForwardPasses(model, taps, plan)
+            train = two_passes(passes, train_loader, weight, bias, None, keep_penultimate=objective is not None)
+            accuracy: dict[str, Tensor] = {}
+            layers = split_values(train, plan, weight, bias, TRAIN, accuracy)
+            main = layers[0].values
+            if objective is not None:
+                penultimate = train.penultimate.to(torch.float64)
+                logits = float64_logits(find_module(model, plan.classifier, "classifier"), penultimate)
+                main[LOSS_TAG] = objective(logits, train.labels, penultimate)
+            if heldout_loader is not None:
+                centres = {name: train.statistics[name].means for name in plan.layers}
+                heldout = two_passes(passes, heldout_loader, weight, bias, centres, keep_penultimate=False)
+                layers += split_values(heldout, plan, weight, bias, HELDOUT, accuracy)
+            main |= {tag: accuracy[split] for split, tag in SPLIT_ACCURACY_TAGS.items() if split in accuracy}
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    measured = [
+        LayerValues(entry.layer, entry.split, {k: v.to(torch.float64).reshape(1) for k, v in entry.values.items()})
+        for entry in layers
+    ]
+    return NetworkMeasurement(measured, train.statistics[plan.layers[0]].means.unsqueeze(0))

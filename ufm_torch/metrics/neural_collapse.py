@@ -13,6 +13,7 @@ the level of rounding: NC1 and NC2–NC3), a class mean at ``μ_G`` (the cosines
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -48,23 +49,36 @@ SPREAD_TOLERANCE = 1e-12
 
 
 def orthonormal_complement_of_ones(num_classes: int, like: Tensor) -> Tensor:
-    """Helmert basis ``Q`` ``(C, C−1)`` of ``1^⊥`` (``QᵀQ = I``, ``Qᵀ1 = 0``).
+    """Helmert basis ``Q`` ``(C, C−1)`` of ``1^⊥`` (``QᵀQ = I``, ``Qᵀ1 = 0``) in the dtype and on the device of
+    ``like``.
 
-    Column ``k`` is ``(1, …, 1, −k, 0, …, 0)/√(k(k+1))`` with ``k`` ones.
+    Column ``k`` is ``(1, …, 1, −k, 0, …, 0)/√(k(k+1))`` with ``k`` ones. It depends on C alone, so it is built once
+    per (C, dtype, device) and shared (read-only): a UFM evaluation at the paper's size is bound by the count of small
+    operations, 13 of which built it every time.
     """
-    rows = torch.arange(num_classes, dtype=like.dtype, device=like.device)[:, None]
-    k = torch.arange(1, num_classes, dtype=like.dtype, device=like.device)[None, :]
-    entries = torch.where(rows < k, 1.0, torch.where(rows == k, -k, 0.0))
-    return entries / torch.sqrt(k * (k + 1))
+    return helmert_basis(num_classes, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=32)
+def helmert_basis(num_classes: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`orthonormal_complement_of_ones`, cached (never modify the result in place)."""
+    with torch.inference_mode(False), torch.no_grad():
+        rows = torch.arange(num_classes, dtype=dtype, device=device)[:, None]
+        k = torch.arange(1, num_classes, dtype=dtype, device=device)[None, :]
+        entries = torch.where(rows < k, 1.0, torch.where(rows == k, -k, 0.0))
+        return entries / torch.sqrt(k * (k + 1))
 
 
 class MeanGeometry(NamedTuple):
-    """The class means in units of the feature scale and the frame of their span (shared by NC1–NC4).
+    """The class means in units of the feature scale and the frame of their span (shared by every metric).
 
     ``finite`` ``(...)``: means and within-class trace finite (elsewhere ``means`` are set to 0);
     ``means`` ``(..., C, p)``; ``centred`` ``M̄ᵀ`` (rows ``μ_c − μ_G``); ``directions`` ``(..., k, p)`` and
     ``singular_values`` ``(..., k)``: the SVD ``M̄ = Σ_k s_k u_k v_kᵀ`` (all ``k = min(C−1, p)`` orthonormal rows
-    ``u_k``, which span every ``μ_c − μ_G``); ``kept``: the ``s_k`` above the rank tolerance.
+    ``u_k``, which span every ``μ_c − μ_G``); ``kept``: the ``s_k`` above the rank tolerance; ``coordinates``
+    ``(..., C, k)``: ``(μ_c − μ_G)·u_k``, the centred means in that frame (same distances and angles, ``k ≤ C − 1``
+    numbers per class); ``centred_norms`` ``(..., C)``: ``‖μ_c − μ_G‖``; ``unit`` ``(..., C, p)``: the rows of
+    ``M̃ᵀ``, ``(μ_c − μ_G)/‖μ_c − μ_G‖`` (zero rows where ``μ_c = μ_G``); ``largest_mean`` ``(...)``: ``max_c ‖μ_c‖``.
     """
 
     finite: Tensor
@@ -73,25 +87,41 @@ class MeanGeometry(NamedTuple):
     directions: Tensor
     singular_values: Tensor
     kept: Tensor
+    coordinates: Tensor
+    centred_norms: Tensor
+    unit: Tensor
+    largest_mean: Tensor
 
 
 def mean_geometry(statistics: ClassStatistics) -> MeanGeometry:
-    """:class:`MeanGeometry` of the statistics' class means.
+    """:class:`MeanGeometry` of the statistics' class means (:func:`geometry_of_means`); a non-finite within-class
+    trace counts as non-finite means."""
+    return geometry_of_means(statistics.scaled_means, statistics.within_scatter.trace().isfinite())
+
+
+def geometry_of_means(means: Tensor, finite: Tensor | bool = True) -> MeanGeometry:
+    """:class:`MeanGeometry` of class means ``(..., C, p)`` (in units where squaring is safe, e.g. of the feature
+    scale); replicas whose means are not finite (or where ``finite`` is false) get zero means.
 
     The SVD is of ``QᵀM̄ᵀ`` (``(C−1) × p``, ``Q`` the Helmert basis of ``1^⊥``), which has the same ``u_k, s_k`` as
     ``M̄`` because ``M̄1 = 0``, without the rounding-level singular value of the centring; singular values below
     ``max(C−1, p)·ε·s_max`` are not kept.
     """
-    means = statistics.scaled_means
-    finite = means.isfinite().all(dim=-1).all(dim=-1) & statistics.within_scatter.trace().isfinite()
+    finite = means.isfinite().all(dim=-1).all(dim=-1) & finite
     means = torch.where(finite[..., None, None], means, 0.0)
     centred = means - means.mean(dim=-2, keepdim=True)
-    basis = orthonormal_complement_of_ones(statistics.num_classes, centred)
+    basis = orthonormal_complement_of_ones(means.shape[-2], centred)
     spanned = basis.transpose(0, 1) @ centred
     _, singular_values, directions = torch.linalg.svd(spanned, full_matrices=False)
     tolerance = max(spanned.shape[-2:]) * torch.finfo(spanned.dtype).eps
     kept = singular_values > tolerance * singular_values[..., :1]
-    return MeanGeometry(finite, means, centred, directions, singular_values, kept)
+    coordinates = centred @ directions.transpose(-1, -2)
+    centred_norms = centred.norm(dim=-1)
+    unit = centred / divisor(centred_norms)[..., None]
+    largest_mean = means.norm(dim=-1).amax(dim=-1)
+    return MeanGeometry(
+        finite, means, centred, directions, singular_values, kept, coordinates, centred_norms, unit, largest_mean
+    )
 
 
 def within_to_between_trace(geometry: MeanGeometry, within_quadratic: Tensor, num_samples: Tensor) -> Tensor:
@@ -157,50 +187,92 @@ def nc1_to_nc3(
 ) -> dict[str, Tensor]:
     """The values of :func:`nc_metrics_from_statistics` given ``u_kᵀ S u_k`` (``within_quadratic``), masked to
     NaN where undefined (module docstring)."""
-    num_classes = statistics.num_classes
-    names = [name for name in NC_METRIC_NAMES if name != "nc4"]
-    means, centred, finite = geometry.means, geometry.centred, geometry.finite
-    centred_norms = centred.norm(dim=-1)
-    largest_mean = means.norm(dim=-1).amax(dim=-1)
-    between_trace = centred.square().sum(dim=(-1, -2)) / num_classes
-    within_trace = statistics.within_scatter.trace() / statistics.num_samples
+    scaled_weight = scaled_classifier(weight)
+    values = mean_values(statistics, geometry, within_quadratic) | classifier_values(geometry, scaled_weight)
+    values = {name: values[name] for name in NC_METRIC_NAMES if name in values}
+    mask_degenerate(values, geometry, empty_classes(statistics), scaled_weight)
+    return values
 
-    unit = centred_mean_directions(means)
-    cosines = unit @ unit.transpose(-1, -2)
+
+def mean_values(statistics: ClassStatistics, geometry: MeanGeometry, within_quadratic: Tensor) -> dict[str, Tensor]:
+    """NC1 and the NC2 measures of the means (Papyan, Han & Donoho 2020), not yet masked: ``nc1``, ``nc1_quotient``,
+    ``nc2_equinorm_means``, ``nc2_equiangle``, ``nc2_maxangle``, ``nc2_etf``."""
+    num_classes = statistics.num_classes
+    between_trace = geometry.centred.square().sum(dim=(-1, -2)) / num_classes
+    within_trace = statistics.within_scatter.trace() / statistics.num_samples
+    cosines = geometry.unit @ geometry.unit.transpose(-1, -2)
     identity = torch.eye(num_classes, dtype=torch.float64, device=cosines.device)
     simplex_gram = (num_classes * identity - 1) / (num_classes - 1)
     off_diagonal = cosines[..., identity == 0]
-
-    scaled_weight = weight / divisor(matrix_scale(weight))[..., None, None]
-    weight_norm = scaled_weight.norm(dim=(-1, -2))
-    unit_norm = unit.norm(dim=(-1, -2))
-    values = {
+    return {
         "nc1": within_to_between_trace(geometry, within_quadratic, statistics.num_samples),
         "nc1_quotient": within_trace / between_trace,
-        "nc2_equinorm_means": coefficient_of_variation(centred_norms),
-        "nc2_equinorm_classifier": coefficient_of_variation(scaled_weight.norm(dim=-1)),
+        "nc2_equinorm_means": coefficient_of_variation(geometry.centred_norms),
         "nc2_equiangle": off_diagonal.std(dim=-1, correction=0),
         "nc2_maxangle": (off_diagonal + 1 / (num_classes - 1)).abs().mean(dim=-1),
         "nc2_etf": (cosines - simplex_gram).norm(dim=(-1, -2)),
+    }
+
+
+def scaled_classifier(weight: Tensor) -> Tensor:
+    """``W/t`` with ``t`` the power-of-two scale of each replica's ``W`` (so that its rows square safely)."""
+    return weight / divisor(matrix_scale(weight))[..., None, None]
+
+
+def classifier_values(geometry: MeanGeometry, scaled_weight: Tensor) -> dict[str, Tensor]:
+    """``nc2_equinorm_classifier`` and ``nc3`` (Papyan, Han & Donoho 2020; Mixon et al., NC3) of ``W/t``
+    (:func:`scaled_classifier`), not yet masked."""
+    unit = geometry.unit
+    weight_norm = scaled_weight.norm(dim=(-1, -2))
+    unit_norm = unit.norm(dim=(-1, -2))
+    return {
+        "nc2_equinorm_classifier": coefficient_of_variation(scaled_weight.norm(dim=-1)),
         "nc3": (
             scaled_weight / divisor(weight_norm)[..., None, None]
             - unit / divisor(unit_norm)[..., None, None]
         ).norm(dim=(-1, -2)),
     }
+
+
+DIRECTION_METRICS = ("nc2_equiangle", "nc2_maxangle", "nc2_etf", "nc3", "gnc2", "unc3")
+"""Metrics of the directions ``(μ_c − μ_G)/‖μ_c − μ_G‖``: undefined when a class mean equals ``μ_G``."""
+
+WEIGHT_METRICS = ("nc2_equinorm_classifier", "nc3")
+"""Metrics of the whole classifier ``W``: undefined when ``W = 0``."""
+
+
+def empty_classes(statistics: ClassStatistics) -> list[int]:
+    """The classes without samples."""
+    return (statistics.counts == 0).nonzero().flatten().tolist()
+
+
+def mask_degenerate(
+    values: dict[str, Tensor], geometry: MeanGeometry, empty: list[int], scaled_weight: Tensor | None = None
+) -> Tensor:
+    """Set to NaN, in place and with one :class:`CollapseMetricWarning` per reason, the ``values`` that are undefined
+    (module docstring): every metric of the means (all but ``nc2_equinorm_classifier``) when a class has no samples
+    or the means coincide, every metric when the features are not finite, the :data:`DIRECTION_METRICS` when a class
+    mean equals ``μ_G``, the :data:`WEIGHT_METRICS` when ``W = 0`` (``scaled_weight`` is ``W/t``). Returns where
+    the class means are spread ``(...)`` (where they are not, or are not finite, every metric of the means is NaN)."""
+    names = list(values)
     mean_names = [name for name in names if name != "nc2_equinorm_classifier"]
-    empty = (statistics.counts == 0).nonzero().flatten().tolist()
-    mask_undefined(values, mean_names, torch.tensor(not empty, device=means.device), f"classes {empty} have no samples")
+    finite, largest_mean = geometry.finite, geometry.largest_mean
+    mask_undefined(
+        values, mean_names, torch.tensor(not empty, device=finite.device), f"classes {empty} have no samples"
+    )
     mask_undefined(values, names, finite, "the features are not finite")
-    spread = centred_norms.amax(dim=-1) > SPREAD_TOLERANCE * largest_mean
+    spread = geometry.centred_norms.amax(dim=-1) > SPREAD_TOLERANCE * largest_mean
     mask_undefined(values, mean_names, spread | ~finite, "the class means coincide (no between-class spread)")
     mask_undefined(
         values,
-        ["nc2_equiangle", "nc2_maxangle", "nc2_etf", "nc3"],
-        (centred_norms.amin(dim=-1) > SPREAD_TOLERANCE * largest_mean) | ~spread | ~finite,
+        [name for name in DIRECTION_METRICS if name in values],
+        (geometry.centred_norms.amin(dim=-1) > SPREAD_TOLERANCE * largest_mean) | ~spread | ~finite,
         "a class mean equals the global mean μ_G, so its direction is undefined",
     )
-    mask_undefined(values, ["nc2_equinorm_classifier", "nc3"], weight_norm > 0, "W = 0")
-    return values
+    if scaled_weight is not None:
+        weight_norm = scaled_weight.norm(dim=(-1, -2))
+        mask_undefined(values, [name for name in WEIGHT_METRICS if name in values], weight_norm > 0, "W = 0")
+    return spread
 
 
 @torch.no_grad()
@@ -240,6 +312,76 @@ def nearest_center_mismatches(
     return torch.where(finite, mismatches.to(torch.float64), torch.nan)
 
 
+class DecisionTables(NamedTuple):
+    """What NC4's per-sample decisions need besides the products of each row ``r_i = h_i/s − m_{y_i}`` (units of the
+    feature scale ``s``, ``m`` the class means of the rows' centring) with ``directions``.
+
+    ``directions`` ``(..., k + C [+ C], p)``: the rows ``[U; W/t]`` (``t`` the power-of-two scale of ``W``), followed
+    by the centred centres ``c̄_c = c_c/s − m_G`` when the centres are not the means; ``class_scores`` ``(..., C, C)``:
+    ``[y, c] = (w_c/t)·m_y + b_c/(ts)``; ``centre_offsets`` ``(..., C, C)``: ``[y, c] = ‖c̄_c‖² − 2 m̄_y·c̄_c``;
+    ``coordinates`` ``(..., C, k)``: ``c̄_c·u_j`` when the centres are the means (which lie in ``span U``), None
+    otherwise. Then ``argmax_c (Wh_i + b)_c = argmax_c ((w_c/t)·r_i + class_scores[y_i, c])`` and
+    ``argmin_c ‖h_i − c_c‖ = argmin_c (centre_offsets[y_i, c] − 2 r_i·c̄_c)`` (``‖h_i/s − c_c/s‖²`` less terms that
+    do not depend on ``c``).
+    """
+
+    directions: Tensor
+    class_scores: Tensor
+    centre_offsets: Tensor
+    coordinates: Tensor | None
+
+
+def decision_tables(
+    geometry: MeanGeometry, weight: Tensor, bias: Tensor, scale: Tensor, centres: Tensor | None = None
+) -> DecisionTables:
+    """:class:`DecisionTables` of the linear classifier ``(W, b)`` against the nearest of ``centres`` ``(..., C, p)``
+    (feature units; None: the class means themselves), for rows centred on the means of ``geometry`` (units of the
+    feature scale ``scale``)."""
+    means, centred = geometry.means, geometry.centred
+    weight_scale = divisor(matrix_scale(weight))
+    scaled_weight = weight / weight_scale[..., None, None]
+    shape = torch.broadcast_shapes(scaled_weight.shape, means.shape)
+    rows = [geometry.directions.expand(*shape[:-2], -1, -1), scaled_weight.expand(shape)]
+    scaled_bias = bias / weight_scale[..., None] / divisor(scale)[..., None]
+    class_scores = means @ scaled_weight.transpose(-1, -2) + scaled_bias.unsqueeze(-2)
+    if centres is None:
+        centre_gram = centred @ centred.transpose(-1, -2)
+        centre_offsets = centre_gram.diagonal(dim1=-2, dim2=-1).unsqueeze(-2) - 2 * centre_gram
+        return DecisionTables(torch.cat(rows, dim=-2), class_scores, centre_offsets, geometry.coordinates)
+    centred_centres = centres.to(torch.float64) / divisor(scale)[..., None, None] - (means - centred)
+    rows.append(centred_centres.expand(shape))
+    centre_offsets = (
+        centred_centres.square().sum(dim=-1).unsqueeze(-2) - 2 * centred @ centred_centres.transpose(-1, -2)
+    )
+    return DecisionTables(torch.cat(rows, dim=-2), class_scores, centre_offsets, None)
+
+
+def count_decisions(products: Tensor, labels: Tensor, tables: DecisionTables, num_directions: int) -> tuple[
+    Tensor, Tensor
+]:  # fmt: skip
+    """``(mismatches (...), predicted (..., b))`` of a block: the number of rows whose classifier's argmax differs from
+    their nearest centre, and the classifier's argmax, from ``products = r @ tables.directionsᵀ`` ``(..., b, ·)``."""
+    num_classes = tables.class_scores.shape[-1]
+    scores = products[..., num_directions : num_directions + num_classes] + tables.class_scores.index_select(
+        -2, labels
+    )
+    if tables.coordinates is None:
+        centre_products = products[..., num_directions + num_classes :]
+    else:
+        centre_products = products[..., :num_directions] @ tables.coordinates.transpose(-1, -2)
+    distances = tables.centre_offsets.index_select(-2, labels) - 2 * centre_products
+    predicted = scores.argmax(dim=-1)
+    return (predicted != distances.argmin(dim=-1)).sum(dim=-1), predicted
+
+
+def tables_finite(tables: DecisionTables) -> Tensor:
+    """Whether every table is finite, per replica (the rows' own finiteness is checked by their sums)."""
+    finite = tables.directions.isfinite().flatten(-2).all(dim=-1)
+    for table in (tables.class_scores, tables.centre_offsets):
+        finite = finite & table.isfinite().flatten(-2).all(dim=-1)
+    return finite
+
+
 def within_projections_and_mismatches(
     rows: CenteredRows, geometry: MeanGeometry, weight: Tensor, bias: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -254,27 +396,14 @@ def within_projections_and_mismatches(
     Cost O(npC) with ``k + C ≤ 2C − 1`` columns, no ``n × p`` copy (Papyan et al., NC1 and NC4).
     """
     num_directions = geometry.directions.shape[-2]
-    weight_scale = divisor(matrix_scale(weight))
-    scaled_weight = weight / weight_scale[..., None, None]
-    shape = torch.broadcast_shapes(scaled_weight.shape, geometry.means.shape)
-    directions = torch.cat([geometry.directions.expand(*shape[:-2], -1, -1), scaled_weight.expand(shape)], dim=-2)
-    scaled_bias = bias / weight_scale[..., None] / divisor(rows.scale)[..., None]
-    class_scores = geometry.means @ scaled_weight.transpose(-1, -2) + scaled_bias.unsqueeze(-2)
-    coordinates = geometry.centred @ geometry.directions.transpose(-1, -2)
-    centre_gram = geometry.centred @ geometry.centred.transpose(-1, -2)
-    centre_offsets = centre_gram.diagonal(dim1=-2, dim2=-1).unsqueeze(-2) - 2 * centre_gram
+    tables = decision_tables(geometry, weight, bias, rows.scale)
     quadratic, mismatches = 0, 0
     for block, block_rows in rows.blocks():
         labels = rows.labels[block]
-        products = block_rows @ directions.transpose(-1, -2)
-        projections = products[..., :num_directions]
-        quadratic = quadratic + projections.square().sum(dim=-2)
-        scores = products[..., num_directions:] + class_scores.index_select(-2, labels)
-        distances = centre_offsets.index_select(-2, labels) - 2 * projections @ coordinates.transpose(-1, -2)
-        mismatches = mismatches + (scores.argmax(dim=-1) != distances.argmin(dim=-1)).sum(dim=-1)
-    finite = quadratic.isfinite().all(dim=-1)  # a non-finite entry of any row reaches every projection of it
-    for table in (scaled_weight, class_scores, centre_offsets):
-        finite = finite & table.isfinite().flatten(-2).all(dim=-1)
+        products = block_rows @ tables.directions.transpose(-1, -2)
+        quadratic = quadratic + products[..., :num_directions].square().sum(dim=-2)
+        mismatches = mismatches + count_decisions(products, labels, tables, num_directions)[0]
+    finite = quadratic.isfinite().all(dim=-1) & tables_finite(tables)  # a non-finite row reaches its projections
     return quadratic, torch.where(finite, mismatches.to(torch.float64), torch.nan)
 
 
@@ -304,8 +433,12 @@ def nc_metrics_with_statistics(statistics: ClassStatistics, weight: Tensor, bias
     )
     values = nc1_to_nc3(statistics, geometry, weight, within_quadratic)
     values["nc4"] = mismatches / statistics.num_samples
-    mask_undefined(values, ["nc4"], mismatches.isfinite(), "the inputs are not finite")
-    empty = (statistics.counts == 0).nonzero().flatten().tolist()
-    defined = torch.tensor(not empty, device=mismatches.device)
-    mask_undefined(values, ["nc4"], defined, f"classes {empty} have no samples")
+    mask_decisions(values, ["nc4"], mismatches, empty_classes(statistics))
     return values
+
+
+def mask_decisions(values: dict[str, Tensor], names: list[str], mismatches: Tensor, empty: list[int]) -> None:
+    """NaN (with a warning) for the per-sample decision metrics ``names`` where the counts are NaN (non-finite inputs)
+    or a class has no samples."""
+    mask_undefined(values, names, mismatches.isfinite(), "the inputs are not finite")
+    mask_undefined(values, names, torch.tensor(not empty, device=mismatches.device), f"classes {empty} have no samples")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,8 +41,8 @@ def warn_undefined(names: list[str], defined: Tensor, reason: str) -> None:
 def mask_undefined(
     values: dict[str, Tensor], names: list[str], defined: Tensor, reason: str
 ) -> None:
-    """Set ``values[name]`` to NaN where ``defined`` is false (with one warning), in place."""
-    if bool(defined.all()):
+    """Set ``values[name]`` to NaN where ``defined`` is false (with one warning), in place; nothing without names."""
+    if not names or bool(defined.all()):
         return
     warn_undefined(names, defined, reason)
     for name in names:
@@ -96,18 +96,25 @@ def check_labels(labels: Tensor, num_samples: int, num_classes: int) -> None:
 
 @torch.no_grad()
 def shifted_row_blocks(
-    features: Tensor, labels: Tensor, scale: Tensor, offsets: tuple[Tensor, ...]
+    features: Tensor, labels: Tensor, scale: Tensor, offsets: tuple[Tensor, ...], workspace: list[Tensor] | None = None
 ) -> Iterator[tuple[slice, Tensor]]:
     """Consecutive blocks of rows ``(h_i / s) − o¹_{y_i} − o²_{y_i} − …`` in float64, ``(..., b, p)``.
 
     ``scale`` ``(...)``: the power of two ``s`` (0 for all-zero features, which stay 0); ``offsets`` per-class rows
     ``(..., C, p)`` in units of ``s``. At most :data:`ROW_CHUNK` rows per block, written into one reused buffer:
-    a block is valid until the next one is produced. The features are read, never copied whole.
+    a block is valid until the next one is produced. The features are read, never copied whole. ``workspace``: a
+    list that keeps the buffers between calls (a streaming accumulator's batches of one size allocate them once:
+    fresh pages of a large p cost more than the arithmetic).
     """
     num_rows = features.shape[-2]
     block_shape = (*features.shape[:-2], min(ROW_CHUNK, num_rows), features.shape[-1])
-    rows_buffer = torch.empty(block_shape, dtype=torch.float64, device=features.device)
-    gathered_buffer = torch.empty_like(rows_buffer) if offsets else rows_buffer
+    if workspace and workspace[0].shape == block_shape and workspace[0].device == features.device:
+        rows_buffer, gathered_buffer = workspace
+    else:
+        rows_buffer = torch.empty(block_shape, dtype=torch.float64, device=features.device)
+        gathered_buffer = torch.empty_like(rows_buffer) if offsets or workspace is not None else rows_buffer
+        if workspace is not None:
+            workspace[:] = [rows_buffer, gathered_buffer]
     scale = divisor(scale)[..., None, None]
     for block in row_blocks(num_rows):
         size = block.stop - block.start
@@ -127,18 +134,20 @@ class CenteredRows:
     corrected two-pass algorithm, in units of the power of two ``s``) are regenerated block by block from the
     features whenever they are needed: O(np) time per use and O(ROW_CHUNK · p) memory; the features are never
     copied. The object refers to ``features``: it describes them as long as they are not modified.
+    ``class_traces`` ``(..., C)``: ``Σ_{i∈c} ‖r_i‖²``, whose sum is ``tr S``.
     """
 
     def __init__(
         self, features: Tensor, labels: Tensor, scale: Tensor, provisional: Tensor, corrections: Tensor,
-        squared_norm: Tensor,
+        class_traces: Tensor,
     ) -> None:
         self.features = features
         self.labels = labels
         self.scale = scale
         self.provisional = provisional
         self.corrections = corrections
-        self.squared_norm = squared_norm
+        self.class_traces = class_traces
+        self.squared_norm = class_traces.sum(dim=-1)
 
     def blocks(self) -> Iterator[tuple[slice, Tensor]]:
         """``(rows slice, r_i for those rows (..., b, p))``, one block at a time (:func:`shifted_row_blocks`)."""
@@ -178,20 +187,72 @@ class ScatterMatrix:
         return ((directions @ self.matrix) * directions).sum(dim=-1)
 
 
-@dataclass
+class ProjectedScatter:
+    """Within-class scatter ``S`` kept as its trace and its compression ``U S Uᵀ`` ``(..., k, k)`` onto the rows of an
+    orthonormal ``basis`` ``U`` ``(..., k, p)``: O(k²) numbers instead of p².
+
+    ``quadratic_form`` is exact for directions in ``span(U)`` and sees only their component in ``span(U)`` otherwise.
+    The two-pass accumulator takes ``U`` spanning the centred class means of its first pass; NC1's directions (the
+    SVD directions of the final, corrected centred means) lie in that span up to the correction of the corrected
+    two-pass algorithm, a rounding-level term.
+    """
+
+    def __init__(self, basis: Tensor, compressed: Tensor, trace: Tensor) -> None:
+        self.basis = basis
+        self.compressed = compressed
+        self.total = trace
+
+    def trace(self) -> Tensor:
+        """``tr S``, shape ``(...)``."""
+        return self.total
+
+    def quadratic_form(self, directions: Tensor) -> Tensor:
+        """``v_kᵀ S v_k`` for the rows ``v_k`` of ``directions`` ``(..., k', p)``, which must lie in ``span(U)``:
+        ``(..., k')``, from their coordinates ``a = vUᵀ`` as ``a (USUᵀ) aᵀ``."""
+        coordinates = directions @ self.basis.transpose(-1, -2)
+        return ((coordinates @ self.compressed) * coordinates).sum(dim=-1)
+
+
+class ClassifierDecisions(NamedTuple):
+    """Counts ``(...)`` over a pass of the samples of a linear classifier's decisions: ``mismatches``, samples with
+    ``argmax_c (Wh + b)_c ≠ argmin_c ‖h − centre_c‖`` (NC4), and ``correct``, samples with ``argmax_c (Wh + b)_c = y``.
+    Float64; NaN where the inputs were not finite."""
+
+    mismatches: Tensor
+    correct: Tensor
+
+
 class ClassStatistics:
     """Counts, class means and pooled within-class scatter of the features divided by ``scale``.
 
     ``counts`` ``(C,)``: samples per class (float64); ``scaled_means`` ``(..., C, p)``: ``μ_c / scale``;
-    ``within_scatter``: ``Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ / scale²`` as :class:`CenteredRows` or
-    :class:`ScatterMatrix` (so ``Σ_W = scale² · S / n``); ``scale`` ``(...)``: a power of two, 0 when
-    all features are 0.
+    ``within_scatter``: ``Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ / scale²`` as :class:`CenteredRows`,
+    :class:`ScatterMatrix` or :class:`ProjectedScatter` (so ``Σ_W = scale² · S / n``); ``scale`` ``(...)``: a
+    power of two, 0 when all features are 0; ``class_traces`` ``(..., C)``: ``Σ_{i∈c} ‖h_i − μ_c‖² / scale²``
+    (their sum is ``tr S``); ``decisions``: :class:`ClassifierDecisions` counted over the same samples, or None.
+
+    A plain class rather than a dataclass: ``torchmetrics`` squeezes every one-element tensor inside the dataclasses
+    and tuples that a ``Metric.compute`` returns (a replica shape ``(1,)``, C = 1), and leaves other objects as they
+    are.
     """
 
-    counts: Tensor
-    scaled_means: Tensor
-    within_scatter: CenteredRows | ScatterMatrix
-    scale: Tensor
+    def __init__(
+        self, counts: Tensor, scaled_means: Tensor, within_scatter: CenteredRows | ScatterMatrix | ProjectedScatter,
+        scale: Tensor, class_traces: Tensor, decisions: ClassifierDecisions | None = None,
+    ) -> None:
+        self.counts = counts
+        self.scaled_means = scaled_means
+        self.within_scatter = within_scatter
+        self.scale = scale
+        self.class_traces = class_traces
+        self.decisions = decisions
+
+    def __repr__(self) -> str:
+        scatter = type(self.within_scatter).__name__
+        return (
+            f"ClassStatistics(counts={self.counts.tolist()}, means of shape {tuple(self.scaled_means.shape)}, "
+            f"within_scatter={scatter}, decisions={'counted' if self.decisions is not None else None})"
+        )
 
     @property
     def num_classes(self) -> int:
@@ -209,6 +270,14 @@ class ClassStatistics:
         means = self.scaled_means * self.scale[..., None, None]
         return torch.where((self.counts > 0)[..., :, None], means, torch.nan)
 
+    @property
+    def class_variances(self) -> Tensor:
+        """``σ_c² = (1/n_c) Σ_{i∈c} ‖h_i − μ_c‖²`` ``(..., C)`` in the features' units squared (Galanti, György &
+        Hutter 2022); NaN for classes without samples. May overflow where ``scale²`` does: metrics use
+        ``class_traces`` in units of ``scale²``."""
+        variances = self.class_traces / self.counts.clamp(min=1) * self.scale[..., None].square()
+        return torch.where(self.counts > 0, variances, torch.nan)
+
 
 def matrix_scale(matrix: Tensor) -> Tensor:
     """The per-replica power of two ``s`` with ``max |x_ij| / s ∈ [1, 2)`` over the last two dimensions (0 for a zero
@@ -224,36 +293,68 @@ def class_sums(rows: Iterator[tuple[slice, Tensor]], labels: Tensor, like: Tenso
     return sums
 
 
+class ClassLabels(NamedTuple):
+    """Labels ``(n,)`` checked once, with what depends on them alone: ``counts`` ``(C,)`` (float64) and
+    ``balanced_size``, the N of every class when all have the same N ≥ 1 (None otherwise).
+
+    The UFM's labels never change during a run, so its monitor builds this once (:func:`class_labels`) and every
+    evaluation skips the checks and the counting: at the paper's size an evaluation is bound by its number of small
+    operations.
+    """
+
+    labels: Tensor
+    counts: Tensor
+    balanced_size: int | None
+
+
+def class_labels(labels: Tensor, num_samples: int, num_classes: int) -> ClassLabels:
+    """:class:`ClassLabels` of ``labels`` after :func:`check_labels`."""
+    check_labels(labels, num_samples, num_classes)
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    smallest, largest = int(counts.min()), int(counts.max())
+    return ClassLabels(labels, counts, smallest if smallest == largest > 0 else None)
+
+
 def corrected_two_pass_moments(
-    features: Tensor, labels: Tensor, num_classes: int, scale: Tensor
+    features: Tensor, labels: Tensor, num_classes: int, scale: Tensor, counts: Tensor | None = None
 ) -> tuple[Tensor, CenteredRows]:
     """Class counts and the centred rows of ``h/s`` by the corrected two-pass algorithm (Chan, Golub & LeVeque).
 
-    ``m̃_c = Σ_{i∈c} (h_i/s) / n_c``, ``d_c = Σ_{i∈c} (h_i/s − m̃_c) / n_c`` (class means ``m̃_c + d_c``) and
-    ``Σ_i ‖r_i‖² = Σ_i ‖h_i/s − m̃_{y_i}‖² − Σ_c n_c ‖d_c‖²``; classes without samples get 0. Two reads of the
-    features, block by block.
+    ``m̃_c = Σ_{i∈c} (h_i/s) / n_c``, ``d_c = Σ_{i∈c} (h_i/s − m̃_c) / n_c`` (class means ``m̃_c + d_c``) and, per
+    class, ``Σ_{i∈c} ‖r_i‖² = Σ_{i∈c} ‖h_i/s − m̃_c‖² − n_c ‖d_c‖²`` (the rows' squares summed in the second pass,
+    no third); classes without samples get 0. Two reads of the features, block by block. ``counts``: the labels'
+    class counts (float64) when already known.
     """
-    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    if counts is None:
+        counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
     per_class = counts.clamp(min=1)[:, None]
     provisional = class_sums(shifted_row_blocks(features, labels, scale, ()), labels, features, num_classes)
     provisional = provisional / per_class
     corrections = features.new_zeros(provisional.shape, dtype=torch.float64)
-    squared = 0
+    squares = features.new_zeros(provisional.shape[:-1], dtype=torch.float64)
     for block, rows in shifted_row_blocks(features, labels, scale, (provisional,)):
-        corrections.index_add_(-2, labels[block], rows)
-        squared = squared + torch.linalg.vector_norm(rows, dim=(-1, -2)).square()
+        block_labels = labels[block]
+        corrections.index_add_(-2, block_labels, rows)
+        squares.index_add_(-1, block_labels, torch.linalg.vector_norm(rows, dim=-1).square_())
     corrections = corrections / per_class
-    squared_norm = (squared - (counts[:, None] * corrections.square()).sum(dim=(-1, -2))).clamp(min=0)
-    return counts, CenteredRows(features, labels, scale, provisional, corrections, squared_norm)
+    class_traces = (squares - counts * corrections.square().sum(dim=-1)).clamp(min=0)
+    return counts, CenteredRows(features, labels, scale, provisional, corrections, class_traces)
 
 
 @torch.no_grad()
-def class_statistics(features: Tensor, labels: Tensor, num_classes: int) -> ClassStatistics:
+def class_statistics(features: Tensor, labels: Tensor | ClassLabels, num_classes: int) -> ClassStatistics:
     """Class statistics of whole feature tensors ``(..., n, p)``, scatter kept as centred rows (no copy of them).
 
     ``μ_c`` class means, ``Σ_W = (1/n) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ`` (Papyan, Han & Donoho 2020).
+    ``labels``: a tensor ``(n,)`` (checked here) or :class:`ClassLabels` checked and counted before.
     """
-    check_labels(labels, features.shape[-2], num_classes)
+    if isinstance(labels, ClassLabels):
+        labels, counts = labels.labels, labels.counts
+        if labels.shape[0] != features.shape[-2]:
+            raise ValueError(f"labels must have shape ({features.shape[-2]},), got {tuple(labels.shape)}")
+    else:
+        check_labels(labels, features.shape[-2], num_classes)
+        counts = None
     scale = matrix_scale(features)
-    counts, rows = corrected_two_pass_moments(features, labels, num_classes, scale)
-    return ClassStatistics(counts, rows.provisional + rows.corrections, rows, scale)
+    counts, rows = corrected_two_pass_moments(features, labels, num_classes, scale, counts)
+    return ClassStatistics(counts, rows.provisional + rows.corrections, rows, scale, rows.class_traces)

@@ -24,7 +24,6 @@ from ufm_torch.metrics.statistics import (
     divisor,
     largest_magnitude,
     mask_undefined,
-    matrix_scale,
     power_of_two_scale,
 )
 
@@ -48,18 +47,18 @@ def projected_classifier(class_means: Tensor, weight: Tensor, samples: int) -> T
     return combined - combined.mean(dim=-2, keepdim=True)
 
 
-def snc2_error(statistics: ClassStatistics, weight: Tensor, samples: int) -> Tensor:
+def snc2_error(statistics: ClassStatistics, weight: Tensor, samples: int, weight_magnitude: Tensor) -> Tensor:
     """``‖H − (1/√N)(W ⊗ 1_N)ᵀ‖_F / ‖H‖_F`` from statistics (Mixon et al., eq. SNC2 and Figure 1).
 
     Numerator² ``= Σ_i ‖h_i − μ_{y_i}‖² + N Σ_c ‖μ_c − w_c/√N‖²``,
     denominator² ``= Σ_i ‖h_i − μ_{y_i}‖² + N Σ_c ‖μ_c‖²``. The numerator is formed in units of
     ``t = max(s, max|W|/√N)`` (powers of two), the denominator in units of the feature scale ``s``, and the
-    ratio carries ``t/s``.
+    ratio carries ``t/s``. ``weight_magnitude``: ``max |W|`` per replica.
     """
     root = samples**0.5
     feature_scale = statistics.scale
     within = statistics.within_scatter.trace()
-    pair_scale = torch.maximum(feature_scale, power_of_two_scale(largest_magnitude(weight, 2) / root))
+    pair_scale = torch.maximum(feature_scale, power_of_two_scale(weight_magnitude / root))
     ratio = (feature_scale / divisor(pair_scale))[..., None, None]
     mismatch = ratio[..., 0, 0] ** 2 * within + samples * (
         ratio * statistics.scaled_means - weight / divisor(pair_scale)[..., None, None] / root
@@ -68,16 +67,16 @@ def snc2_error(statistics: ClassStatistics, weight: Tensor, samples: int) -> Ten
     return mismatch.sqrt() / feature_norm * (pair_scale / divisor(feature_scale))
 
 
-def relative_distance_from_S(statistics: ClassStatistics, weight: Tensor, bias: Tensor, samples: int) -> Tensor:
-    """``‖Z − Π_S Z‖_E / ‖Z‖_E`` from statistics (Mixon et al., Figure 2), in units of the largest magnitude.
+def relative_distance_from_S(
+    statistics: ClassStatistics, weight: Tensor, bias: Tensor, samples: int, largest: Tensor
+) -> Tensor:
+    """``‖Z − Π_S Z‖_E / ‖Z‖_E`` from statistics (Mixon et al., Figure 2), in units of the largest magnitude
+    (``largest``: ``max(max |W|, max |b|)`` per replica).
 
     ``dist² = Σ_i ‖h_i − μ_{y_i}‖² + Σ_c (‖√N μ_c − v_c‖² + ‖w_c − v_c‖²) + ‖b − mean(b)1‖²`` and
     ``‖Z‖²_E = Σ_i ‖h_i − μ_{y_i}‖² + N Σ_c ‖μ_c‖² + ‖W‖²_F + ‖b‖²`` (module docstring).
     """
-    total_scale = torch.maximum(
-        torch.maximum(statistics.scale, matrix_scale(weight)),
-        power_of_two_scale(largest_magnitude(bias, 1)),
-    )
+    total_scale = torch.maximum(statistics.scale, power_of_two_scale(largest))
     ratio = (statistics.scale / divisor(total_scale))[..., None, None]
     weight = weight / divisor(total_scale)[..., None, None]
     bias = bias / divisor(total_scale)[..., None]
@@ -101,7 +100,7 @@ def relative_distance_from_S(statistics: ClassStatistics, weight: Tensor, bias: 
 
 @torch.no_grad()
 def snc_metrics_from_statistics(
-    statistics: ClassStatistics, weight: Tensor, bias: Tensor
+    statistics: ClassStatistics, weight: Tensor, bias: Tensor, samples: int | None = None
 ) -> dict[str, Tensor]:
     """SNC errors and ``dist_S`` from class statistics (Mixon et al., Figure 1 and Figure 2 captions).
 
@@ -112,20 +111,23 @@ def snc_metrics_from_statistics(
 
     ``‖H‖ = 0`` makes ``snc2`` NaN and ``Z = 0`` makes ``dist_S`` NaN, with a warning. The relative errors
     are formed in power-of-two units of the largest magnitude involved, so they neither overflow nor underflow.
+    ``samples``: N when already known (:class:`~ufm_torch.metrics.statistics.ClassLabels`), else read from the counts.
     """
-    samples = samples_per_class(statistics.counts)
+    samples = samples_per_class(statistics.counts) if samples is None else samples
     weight = weight.to(torch.float64)
     bias = bias.to(torch.float64)
     num_classes = weight.shape[-2]
     centring = torch.eye(num_classes, dtype=torch.float64, device=weight.device) - 1 / num_classes
+    weight_magnitude = largest_magnitude(weight, 2)
+    largest = torch.maximum(weight_magnitude, largest_magnitude(bias, 1))
     values = {
         "snc1": (weight @ weight.transpose(-1, -2) - samples**0.5 * centring).norm(dim=(-1, -2)),
-        "snc2": snc2_error(statistics, weight, samples),
+        "snc2": snc2_error(statistics, weight, samples, weight_magnitude),
         "snc3": (bias - 1 / num_classes).norm(dim=-1),
-        "dist_S": relative_distance_from_S(statistics, weight, bias, samples),
+        "dist_S": relative_distance_from_S(statistics, weight, bias, samples, largest),
     }
     nonzero_features = statistics.scale > 0
-    nonzero_point = nonzero_features | (largest_magnitude(weight, 2) > 0) | (largest_magnitude(bias, 1) > 0)
+    nonzero_point = nonzero_features | (largest > 0)
     mask_undefined(values, ["snc2"], nonzero_features, "the features are all zero (‖H‖_F = 0)")
     mask_undefined(values, ["dist_S"], nonzero_point, "Z = (H, W, b) = 0")
     return values

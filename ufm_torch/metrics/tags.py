@@ -14,6 +14,9 @@ STRONG_COLLAPSE = "strong_collapse"
 
 NC_TAGS = ("collapse/nc1", "collapse/nc2_etf", "collapse/nc3", "collapse/nc4")
 """The paper's four neural-collapse measures, in order (the other NC2 variants and ``nc1_quotient`` are logged too)."""
+FIELD_TAGS = ("collapse/cdnv", "collapse/gnc2", "collapse/unc3", "collapse/ncc_agreement")
+"""The field's newer measures: CDNV (Galanti, György & Hutter 2022), GNC2 (Liu et al. 2023), UNC3 (Wu & Papyan
+2024) and the nearest-centre agreement 1 − NC4 (:mod:`ufm_torch.metrics.variability`)."""
 SNC_TAGS = ("strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S")
 LOSS_TAG = "train/loss"
 TRAIN_ACCURACY_TAG = "train/accuracy"
@@ -29,7 +32,7 @@ OPTIMUM_TAGS = ("optimum/loss_gap", "optimum/classifier_gram", "optimum/feature_
 def scalar_tags() -> tuple[str, ...]:
     """Every scalar metric tag a run can log: each NC and SNC metric, the losses and accuracies."""
     names = (*NC_METRIC_NAMES, *SNC_METRIC_NAMES)
-    return (*(metric_tag(name) for name in names), LOSS_TAG, *ACCURACY_TAGS, *OPTIMUM_TAGS)
+    return (*(metric_tag(name) for name in names), *FIELD_TAGS, LOSS_TAG, *ACCURACY_TAGS, *OPTIMUM_TAGS)
 
 
 def metric_tag(name: str) -> str:

@@ -1,17 +1,21 @@
-"""Checkpoints of a run folder, checked before training resumes from one: one readable line per problem."""
+"""Checkpoints of a run folder: checked before training resumes from one (one readable line per problem), and
+written atomically beside their final name."""
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from ufm_torch.errors import ConfigError
-from ufm_torch.run_folder.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT
+from ufm_torch.run_folder.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT, TEMPORARY_SUFFIX
 
 
 def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
@@ -28,6 +32,16 @@ def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint dict in ``path``; :class:`ConfigError` naming the file when it is missing, truncated, not a
     torch checkpoint or has no ``state_dict``."""
+    if path.is_dir():
+        inside = next(
+            (file for file in (path / LAST_CHECKPOINT, path / CHECKPOINTS_DIR / LAST_CHECKPOINT) if file.is_file()),
+            None,
+        )
+        hint = f"ckpt_path={inside}" if inside else "a checkpoint file (.ckpt)"
+        raise ConfigError(
+            f"ckpt_path={path} is a folder, not a checkpoint file; give {hint}, or resume a run with "
+            "hydra.run.dir=<its folder> ckpt_path=last"
+        )
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist; give a checkpoint file or ckpt_path=last")
     try:
@@ -70,3 +84,34 @@ def check_resume(ckpt_path: str | None, run_dir: Path, module: nn.Module) -> Pat
     if path is not None:
         check_compatible(path, read_checkpoint(path), module)
     return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` that writes a local checkpoint to ``<name>.tmp`` in its own folder, flushes
+    it to disk and renames it over ``<name>``: a kill or a full disk leaves the previous checkpoint whole, and no
+    temporary file behind (it is removed when the write fails).
+
+    Lightning's own writes through an fsspec transaction whose temporary file lies in the system's temporary folder;
+    when that is another file system than the run folder (``/tmp`` on tmpfs), the final step is a copy, which a full
+    disk or a kill leaves half-written. Other file systems (``s3://``, …) keep Lightning's way.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically."""
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
+        try:
+            with temporary.open("wb") as file:
+                file.write(buffer.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise

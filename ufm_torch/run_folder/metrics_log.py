@@ -1,4 +1,10 @@
-"""``metrics.jsonl``: one JSON object per evaluation and replica, flushed as written, safe to resume.
+"""``metrics.jsonl``: one JSON object per evaluation, replica, layer and split, flushed as written, safe to resume.
+
+A record holds ``step``, the replica's identity (``replica``, ``init_scale``, ``copy``, ``seed``), ``layer`` (the
+module name whose features were measured) and ``split`` (``train`` or ``heldout``), then its metrics by tag. The
+**main records** are those of the main layer (the classifier's input; the first record's layer) on the training
+split, one per replica and evaluation: what every report, summary and final metric reads. Files written before layers
+and splits were recorded have neither field; all their records are main records.
 
 A metric that is undefined for a replica (NaN: for example SNC1–SNC3 and dist_S on unbalanced classes, or a degenerate
 input of ``ufm_torch.metrics``) is written as JSON ``null``, never as a number: Python's ``json`` would write ``NaN``,
@@ -29,17 +35,18 @@ class MetricsLog:
         self._file: IO[str] | None = None
         self.logged_steps: set[int] = set()
 
-    def open(self, resume_step: int, replicas: int) -> None:
-        """Open for appending, keeping only whole evaluations (all ``replicas`` records) up to ``resume_step``.
+    def open(self, resume_step: int, records_per_evaluation: int) -> None:
+        """Open for appending, keeping only whole evaluations (``records_per_evaluation`` records: every replica, layer
+        and split) up to ``resume_step``.
 
         Records written after the checkpoint that training resumes from, or cut short by a kill, are dropped
         (atomically: write a temporary file, then rename), so the resumed run neither repeats nor skips a step.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            records = read_records(self.path)
+            records = read_records(self.path, every_layer=True)
             counts = Counter(record["step"] for record in records)
-            kept = [r for r in records if r["step"] <= resume_step and counts[r["step"]] == replicas]
+            kept = [r for r in records if r["step"] <= resume_step and counts[r["step"]] == records_per_evaluation]
             temporary = self.path.with_suffix(".jsonl.tmp")
             temporary.write_text("".join(record_line(record) for record in kept))
             os.replace(temporary, self.path)
@@ -81,8 +88,9 @@ def record_line(record: dict[str, Any]) -> str:
     return STRICT_JSON.encode(values) + "\n"
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file in order, skipping a line cut short by a kill (the one reader)."""
+def read_records(path: Path, every_layer: bool = False) -> list[dict[str, Any]]:
+    """The main records of a ``metrics.jsonl`` file in order (module docstring), or with ``every_layer`` every record
+    of every layer and split; a line cut short by a kill is skipped (the one reader)."""
     records = []
     for line in Path(path).read_text().splitlines():
         try:
@@ -91,4 +99,11 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             continue
         if isinstance(record, dict) and "step" in record and "replica" in record:
             records.append(record)
-    return records
+    return records if every_layer else main_records(records)
+
+
+def main_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the main layer (the first record's ``layer``) on the training split; all of them for records
+    without ``layer`` and ``split`` fields."""
+    main_layer = records[0].get("layer") if records else None
+    return [r for r in records if r.get("layer") == main_layer and r.get("split", "train") == "train"]

@@ -12,3 +12,15 @@ def replica_group_name(run_name: str) -> str | None:
     """``eps=<ε>`` for the replica run ``eps=<ε>/rep=<copy>`` (the summary run of that ε), None for ``backbone``."""
     group, separator, _ = run_name.rpartition("/rep=")
     return group if separator else None
+
+
+def measurement_run_name(replica_run: str, layer: str, split: str, main_layer: str) -> str:
+    """The run of one replica, layer and split: ``replica_run`` for the main layer's training split, then
+    ``/layer=<module name>`` for another layer and ``/<split>`` for a split other than ``train``
+    (``backbone/layer=body.3/heldout``)."""
+    parts = [replica_run]
+    if layer != main_layer:
+        parts.append(f"layer={layer}")
+    if split != "train":
+        parts.append(split)
+    return "/".join(parts)

@@ -44,6 +44,7 @@ from torch.utils.tensorboard.summary import hparams, image
 
 from ufm_torch.metrics.tags import (
     ACCURACY_TAGS,
+    FIELD_TAGS,
     LOSS_TAG,
     NC_TAGS,
     OPTIMUM_TAGS,
@@ -58,8 +59,9 @@ from ufm_torch.run_folder.names import replica_group_name
 LOG10_SUFFIX = "_log10"
 """``collapse/nc1`` → ``collapse/nc1_log10``: TensorBoard sorts ``_`` before letters, so the companion comes right
 after its metric in every tag list (``nc1``, ``nc1_log10``, ``nc1_quotient``, ``nc1_quotient_log10``, …)."""
-LINEAR_COLLAPSE_TAGS = (metric_tag("nc4"),)
-"""Collapse metrics without a log10 companion: NC4 is a fraction of samples, exactly 0 once collapsed."""
+LINEAR_COLLAPSE_TAGS = (metric_tag("nc4"), metric_tag("ncc_agreement"))
+"""Collapse metrics without a log10 companion: NC4 and the nearest-centre agreement are fractions of samples, NC4
+exactly 0 once collapsed."""
 OVER_REPLICAS = "over_replicas"
 """Tag group of the per-ε summary runs: ``over_replicas/<plotted tag>/<statistic>``."""
 STATISTICS = ("median", "min", "max")
@@ -317,6 +319,7 @@ def add_scalars_event(writer: RunWriter, values: dict[str, float], step: int) ->
 METRIC_FAMILIES = (
     ("NC1–NC4 (log10 but NC4)", NC_TAGS, False),
     ("SNC1–SNC3 and distance to S (log10)", SNC_TAGS, False),
+    ("CDNV, GNC2, UNC3 (log10) and nearest-centre agreement", FIELD_TAGS, False),
     ("Training loss (log10) and accuracy", (LOSS_TAG, *ACCURACY_TAGS), False),
     ("Distance to the global optimum (log10)", OPTIMUM_TAGS, False),
 )
