@@ -137,6 +137,25 @@ def ufm_train_in_process(*overrides: str, cwd: Path | None = None) -> Finished:
     return Finished(returncode, stdout.getvalue(), stderr.getvalue())
 
 
+def ufm_train_main(monkeypatch: Any, *arguments: str) -> int:
+    """``ufm-train arguments`` through its console function in this process, its output not captured (``capsys`` and
+    ``capfd`` see it); its exit code (0 when ``main()`` returns). Hydra's logging handlers are removed afterwards."""
+    from ufm_torch.cli import train
+
+    monkeypatch.setattr(sys, "argv", ["ufm-train", *arguments])
+    handlers = list(logging.getLogger().handlers)
+    try:
+        train.main()
+        code = 0
+    except SystemExit as exit_info:
+        code = int(exit_info.code or 0)
+    finally:
+        for handler in set(logging.getLogger().handlers) - set(handlers):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    return code
+
+
 def run_ufm_train(*overrides: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Run ``ufm-train`` with ``overrides`` in a subprocess, capturing its output."""
     environment = os.environ | {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}

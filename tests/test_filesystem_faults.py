@@ -12,7 +12,6 @@ import builtins
 import errno
 import io
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ufm_torch.cli import train
+from tests.helpers import ufm_train_main
 from ufm_torch.run_folder.checkpoints import read_checkpoint
 from ufm_torch.run_folder.metrics_log import read_records
 from ufm_torch.run_folder.status import RunStatus, read_status
@@ -91,22 +90,6 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[FullDisk]]:
     yield disks
 
 
-def ufm_train(monkeypatch: pytest.MonkeyPatch, *arguments: str) -> int:
-    """``ufm-train arguments`` in this process; its exit code. Hydra's logging handlers are removed afterwards."""
-    monkeypatch.setattr(sys, "argv", ["ufm-train", *arguments])
-    handlers = list(logging.getLogger().handlers)
-    try:
-        train.main()
-        code = 0
-    except SystemExit as exit_info:
-        code = int(exit_info.code or 0)
-    finally:
-        for handler in set(logging.getLogger().handlers) - set(handlers):
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-    return code
-
-
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     """The one line ``ufm-train`` printed on stderr, which holds no traceback."""
     stderr = capsys.readouterr().err
@@ -125,7 +108,7 @@ def test_a_full_disk_while_metrics_are_written_is_one_line_and_exit_74(
 ) -> None:
     run = tmp_path / "run"
     full_disk.append(FullDisk("metrics.jsonl", after=3))
-    assert ufm_train(monkeypatch, *SHORT, f"hydra.run.dir={run}") == 74
+    assert ufm_train_main(monkeypatch, *SHORT, f"hydra.run.dir={run}") == 74
     line = one_error_line(capsys)
     assert line == f"ufm-train: error: {run}: No space left on device (ENOSPC)"
     status = read_status(run)
@@ -141,7 +124,7 @@ def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_previous_one(
     run = tmp_path / "run"
     full_disk.append(FullDisk("*.ckpt.tmp", after=2))
     every_10 = "callbacks.checkpoint.every_n_train_steps=10"
-    assert ufm_train(monkeypatch, *SHORT, every_10, f"hydra.run.dir={run}") == 74
+    assert ufm_train_main(monkeypatch, *SHORT, every_10, f"hydra.run.dir={run}") == 74
     assert one_error_line(capsys).endswith("No space left on device (ENOSPC)")
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 10
     assert read_status(run)["status"] == "failed"
@@ -167,7 +150,7 @@ def test_a_run_folder_through_a_file_is_one_line_and_exit_2(
 ) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("a file\n")
-    assert ufm_train(monkeypatch, f"hydra.run.dir={readme}/x") == 2
+    assert ufm_train_main(monkeypatch, f"hydra.run.dir={readme}/x") == 2
     line = one_error_line(capsys)
     assert str(readme) in line and "is a file (ENOTDIR)" in line
     assert sorted(path.name for path in tmp_path.iterdir()) == ["README.md"]
@@ -180,7 +163,7 @@ def test_a_folder_that_cannot_be_written_is_one_line_and_exit_2(
     locked.mkdir()
     access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode, **kw))
-    assert ufm_train(monkeypatch, f"hydra.run.dir={locked}/run") == 2
+    assert ufm_train_main(monkeypatch, f"hydra.run.dir={locked}/run") == 2
     assert one_error_line(capsys) == (
         f"ufm-train: error: hydra.run.dir={locked}/run cannot be written: {locked}: Permission denied (EACCES)"
     )
@@ -191,7 +174,7 @@ def test_a_full_disk_while_hydra_writes_the_run_folder_leaves_nothing(
     tmp_path: Path, full_disk: list[FullDisk], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     full_disk.append(FullDisk("hydra.yaml"))
-    assert ufm_train(monkeypatch, f"hydra.run.dir={tmp_path}/runs/run") == 2
+    assert ufm_train_main(monkeypatch, f"hydra.run.dir={tmp_path}/runs/run") == 2
     line = one_error_line(capsys)
     assert line == f"ufm-train: error: {tmp_path}/runs/run: No space left on device (ENOSPC)"
     assert list(tmp_path.iterdir()) == []

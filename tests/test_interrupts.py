@@ -5,7 +5,6 @@ run ends where an uninterrupted one does."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import signal
@@ -18,7 +17,7 @@ import lightning as L
 import pytest
 import torch
 
-from ufm_torch.cli import train
+from tests.helpers import ufm_train_main
 from ufm_torch.run_folder.checkpoints import read_checkpoint
 from ufm_torch.run_folder.status import read_resumes
 
@@ -54,22 +53,6 @@ def stop_at(step: int, signum: signal.Signals) -> list[str]:
     ]
 
 
-def ufm_train(monkeypatch: pytest.MonkeyPatch, *arguments: str) -> int:
-    """``ufm-train arguments`` in this process; its exit code. Hydra's logging handlers are removed afterwards."""
-    monkeypatch.setattr(sys, "argv", ["ufm-train", *arguments])
-    handlers = list(logging.getLogger().handlers)
-    try:
-        train.main()
-        code = 0
-    except SystemExit as exit_info:
-        code = int(exit_info.code or 0)
-    finally:
-        for handler in set(logging.getLogger().handlers) - set(handlers):
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-    return code
-
-
 @pytest.mark.parametrize(
     ("signum", "code"), [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)]
 )
@@ -77,7 +60,7 @@ def test_a_stopped_run_checkpoints_records_reports_and_says_how_to_resume(
     tmp_path: Path, signum: signal.Signals, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     run = tmp_path / "run"
-    assert ufm_train(monkeypatch, *SHORT, *stop_at(20, signum), f"hydra.run.dir={run}") == code
+    assert ufm_train_main(monkeypatch, *SHORT, *stop_at(20, signum), f"hydra.run.dir={run}") == code
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     resume = f"ufm-train hydra.run.dir={run} ckpt_path=last"
     assert last_line == f"ufm-train: stopped by {signum.name}; resume with {resume}"
@@ -87,9 +70,9 @@ def test_a_stopped_run_checkpoints_records_reports_and_says_how_to_resume(
     assert (run / "figures" / "collapse.png").is_file()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-    assert ufm_train(monkeypatch, *shlex.split(resume)[1:]) == 0
+    assert ufm_train_main(monkeypatch, *shlex.split(resume)[1:]) == 0
     straight = tmp_path / "straight"
-    assert ufm_train(monkeypatch, *SHORT, f"hydra.run.dir={straight}") == 0
+    assert ufm_train_main(monkeypatch, *SHORT, f"hydra.run.dir={straight}") == 0
     resumed, reference = (read_checkpoint(folder / "checkpoints" / "last.ckpt") for folder in (run, straight))
     assert resumed["global_step"] == reference["global_step"] == 60
     assert all(torch.equal(resumed["state_dict"][key], value) for key, value in reference["state_dict"].items())
@@ -101,8 +84,8 @@ def test_a_stopped_resume_prints_the_command_with_its_longer_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     run = tmp_path / "run"
-    assert ufm_train(monkeypatch, *SHORT, *stop_at(70, signal.SIGINT), f"hydra.run.dir={run}") == 0
-    assert ufm_train(monkeypatch, f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=90") == 130
+    assert ufm_train_main(monkeypatch, *SHORT, *stop_at(70, signal.SIGINT), f"hydra.run.dir={run}") == 0
+    assert ufm_train_main(monkeypatch, f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=90") == 130
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.endswith(f"resume with ufm-train hydra.run.dir={run} ckpt_path=last trainer.max_steps=90")
     (resume,) = read_resumes(run)

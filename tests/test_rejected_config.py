@@ -3,7 +3,6 @@ is left behind, also when the mistake is found after Hydra made one. Integral fl
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from ufm_torch.cli import train
+from tests.helpers import ufm_train_main
 from ufm_torch.cli.schema import ACTIVATION_NAMES, LOSS_NAMES, PRECISIONS
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError
@@ -25,22 +24,6 @@ def compose_train(*overrides: str) -> DictConfig:
     """The composed ``train`` config with ``overrides``."""
     with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
         return compose(config_name="train", overrides=[*overrides, "run_dir=unused"])
-
-
-def ufm_train(monkeypatch: pytest.MonkeyPatch, *arguments: str) -> int:
-    """``ufm-train arguments`` in this process; its exit code. Hydra's logging handlers are removed afterwards."""
-    monkeypatch.setattr(sys, "argv", ["ufm-train", *arguments])
-    handlers = list(logging.getLogger().handlers)
-    try:
-        train.main()
-        code = 0
-    except SystemExit as exit_info:
-        code = int(exit_info.code or 0)
-    finally:
-        for handler in set(logging.getLogger().handlers) - set(handlers):
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-    return code
 
 
 @pytest.mark.parametrize(
@@ -78,7 +61,7 @@ def test_a_mistake_found_after_hydra_made_the_run_folder_leaves_nothing(
     tmp_path: Path, overrides: list[str], words: list[str], monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert ufm_train(monkeypatch, *overrides, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}/runs/a/run") == 2
+    assert ufm_train_main(monkeypatch, *overrides, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}/runs/a/run") == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ufm-train")]
     assert len(errors) == 1 and all(word in errors[0] for word in words), errors
     assert list(tmp_path.iterdir()) == []
@@ -88,7 +71,7 @@ def test_a_rejected_config_leaves_an_existing_folder_and_its_neighbours(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "runs" / "neighbour").mkdir(parents=True)
-    assert ufm_train(monkeypatch, "+trainer.max_step=10", f"hydra.run.dir={tmp_path}/runs/run") == 2
+    assert ufm_train_main(monkeypatch, "+trainer.max_step=10", f"hydra.run.dir={tmp_path}/runs/run") == 2
     assert [path.name for path in (tmp_path / "runs").iterdir()] == ["neighbour"]
 
 

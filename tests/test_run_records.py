@@ -4,14 +4,13 @@ records what it was given in ``resumes.jsonl``, and a resume that would change t
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import ufm_train_main
 from ufm_torch.cli import train
 from ufm_torch.cli.resume import RESUMABLE_KEYS, plan_resume
 from ufm_torch.errors import ConfigError
@@ -21,23 +20,6 @@ from ufm_torch.run_folder.status import read_resumes, record_resume, record_resu
 SHORT = ["trainer.max_steps=20", "callbacks.progress.refresh_rate=0", "module.fused_steps=5", "logger=none"]
 """A short run whose original command sets a learning rate and a seed other than the defaults."""
 ORIGINAL = [*SHORT, "optimizer.lr=0.02", "seed=3"]
-
-
-def ufm_train(monkeypatch: pytest.MonkeyPatch, *arguments: str) -> int:
-    """``ufm-train arguments`` in this process; its exit code (0 when ``main()`` returns). Hydra's logging handlers
-    are removed afterwards."""
-    monkeypatch.setattr(sys, "argv", ["ufm-train", *arguments])
-    handlers = list(logging.getLogger().handlers)
-    try:
-        train.main()
-        code = 0
-    except SystemExit as exit_info:
-        code = int(exit_info.code or 0)
-    finally:
-        for handler in set(logging.getLogger().handlers) - set(handlers):
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-    return code
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -57,7 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 20-step run started with ``optimizer.lr=0.02 seed=3`` (copy it before changing it)."""
     run = tmp_path_factory.mktemp("trained") / "run"
     with pytest.MonkeyPatch.context() as monkeypatch:
-        assert ufm_train(monkeypatch, *ORIGINAL, f"hydra.run.dir={run}") == 0
+        assert ufm_train_main(monkeypatch, *ORIGINAL, f"hydra.run.dir={run}") == 0
     return run
 
 
@@ -85,7 +67,7 @@ def test_a_refused_resume_changes_no_file_and_names_the_keys(
     run: Path, overrides: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = snapshot(run)
-    assert ufm_train(monkeypatch, f"hydra.run.dir={run}", "ckpt_path=last", *overrides) == 2
+    assert ufm_train_main(monkeypatch, f"hydra.run.dir={run}", "ckpt_path=last", *overrides) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     key = overrides[0].split("=")[0].lstrip("+")
     assert line.startswith("ufm-train: error: ") and key in line, line
@@ -96,11 +78,11 @@ def test_a_checkpoint_of_another_shape_changes_no_file(
     run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = tmp_path / "other"
-    assert ufm_train(monkeypatch, *SHORT, "model.replicas=2", f"hydra.run.dir={other}") == 0
+    assert ufm_train_main(monkeypatch, *SHORT, "model.replicas=2", f"hydra.run.dir={other}") == 0
     capsys.readouterr()
     before = snapshot(run)
     foreign = other / "checkpoints" / "last.ckpt"
-    assert ufm_train(monkeypatch, f"hydra.run.dir={run}", f"ckpt_path={foreign}", "trainer.max_steps=40") == 2
+    assert ufm_train_main(monkeypatch, f"hydra.run.dir={run}", f"ckpt_path={foreign}", "trainer.max_steps=40") == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "does not fit this config" in line and str(foreign) in line
     assert snapshot(run) == before
@@ -112,9 +94,9 @@ def test_a_resume_without_the_original_overrides_trains_the_original_config(
     hydra_files = {
         name: (run / ".hydra" / name).read_bytes() for name in ("config.yaml", "hydra.yaml", "overrides.yaml")
     }
-    assert ufm_train(monkeypatch, f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=40") == 0
+    assert ufm_train_main(monkeypatch, f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=40") == 0
     straight = tmp_path / "straight"
-    assert ufm_train(monkeypatch, *ORIGINAL, "trainer.max_steps=40", f"hydra.run.dir={straight}") == 0
+    assert ufm_train_main(monkeypatch, *ORIGINAL, "trainer.max_steps=40", f"hydra.run.dir={straight}") == 0
     resumed, reference = final_parameters(run), final_parameters(straight)
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[key], reference[key]) for key in reference), "not the run's lr 0.02 and seed 3"
@@ -171,7 +153,7 @@ def test_ckpt_path_last_without_a_run_folder_is_refused_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert ufm_train(monkeypatch, "ckpt_path=last") == 2
+    assert ufm_train_main(monkeypatch, "ckpt_path=last") == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "hydra.run.dir=<the run folder to resume>" in line
     assert list(tmp_path.iterdir()) == []
