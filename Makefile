@@ -11,7 +11,7 @@ VISION_BIN := $(VISION_VENV)/bin
 TORCH_VISION ?= torch==2.14.1 torchvision==0.29.1
 VISION_STAMP := $(VISION_VENV)/.installed
 
-.PHONY: install test test-slow test-vision lint reproduce benchmark gpu-check clean
+.PHONY: install test test-slow test-vision lint reproduce benchmark tensorboard gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_large_ufm
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_monitor
+	$(BIN)/python -m benchmarks.bench_layer_metrics
+	$(BIN)/python -m benchmarks.bench_layer_monitor
+	$(BIN)/python -m benchmarks.bench_rejected_config
+
+# TensorBoard on one run or sweep folder: make tensorboard RUN=outputs/runs/<date>/<time>
+tensorboard: $(STAMP)
+	@test -n "$(RUN)" || { echo "make tensorboard: set RUN to a run or sweep folder, e.g. RUN=outputs/runs/<date>/<time>"; exit 2; }
+	$(BIN)/tensorboard --logdir "$(RUN)"
 
 # On a GPU machine: the CUDA build of torch lives in .venv-vision (.venv holds the CPU build), so the gpu tests and
 # the crossover benchmark run there.
