@@ -9,21 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
 
-from tests.helpers import ufm_train_main
+from tests.helpers import compose_train, ufm_train_main
 from ufm_torch.cli.schema import ACTIVATION_NAMES, LOSS_NAMES, PRECISIONS
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError
 
 HEAVY = ("torch", "lightning", "matplotlib")
-
-
-def compose_train(*overrides: str) -> DictConfig:
-    """The composed ``train`` config with ``overrides``."""
-    with initialize_config_module(config_module="ufm_torch.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=[*overrides, "run_dir=unused"])
 
 
 @pytest.mark.parametrize(
