@@ -129,7 +129,6 @@ class CollapseMonitor(L.Callback):
         self.run_names: list[str] = []
         self.identities: list[ReplicaIdentity] = []
         self.last_records: list[dict[str, Any]] = []
-        self.last_evaluation: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.class_means: Tensor | None = None
         self.optimum: UFMOptimum | None = None
@@ -315,7 +314,6 @@ class CollapseMonitor(L.Callback):
                 records.append(record | {tags[column]: row[column] for column in measured})
                 table.append(row)
         self.metrics_log.write(records)
-        self.last_evaluation = records
         self.last_records = records[: len(self.identities)]
         add_scalar_rows(self.writers, tags, table, step)
         if time.monotonic() - self.last_flush > TENSORBOARD_FLUSH_SECONDS:
