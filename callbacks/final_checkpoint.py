@@ -24,4 +24,4 @@ class FinalCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Checkpoint the final state."""
-        trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
+        trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT, weights_only=False)

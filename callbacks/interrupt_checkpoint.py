@@ -28,4 +28,4 @@ class InterruptCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """Checkpoint the finished batches when the run was interrupted (not when it failed)."""
         if isinstance(exception, SIGTERMException | KeyboardInterrupt):
-            trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT)
+            trainer.save_checkpoint(self.dirpath / LAST_CHECKPOINT, weights_only=False)

@@ -18,12 +18,20 @@ class StepProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate)
         self._drawn_step = 0
 
+    @property
+    def train_description(self) -> str:
+        """The bar's label from its first draw: ``Steps`` (Lightning's is "Training", then "Epoch N")."""
+        return "Steps"
+
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        """Start the bar at the current step, out of ``max_steps``."""
-        super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.total = trainer.max_steps
-        self.train_progress_bar.n = self._drawn_step = trainer.global_step
-        self.train_progress_bar.set_description("Steps")
+        """Size the bar once per fit: the current step out of ``max_steps``. Lightning's own bar is reset and relabelled
+        "Epoch N" at every epoch, which drew a line per epoch (60 for 300 steps of a backbone under ``ddp_cpu``);
+        this bar spans every epoch, so later epochs leave it alone."""
+        bar = self.train_progress_bar
+        if bar.total != trainer.max_steps:
+            bar.reset(total=trainer.max_steps)
+            bar.n = self._drawn_step = trainer.global_step
+            bar.refresh()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Move the bar to ``global_step`` when ``refresh_rate`` steps have passed since the last redraw."""

@@ -72,6 +72,16 @@ def lightning_logs_to_stderr() -> None:
             logger.setLevel(logging.INFO)
             logger.addHandler(_StderrHandler())
             logger.propagate = False
+        for handler in logger.handlers:
+            if no_product_tips not in handler.filters:
+                handler.addFilter(no_product_tips)
+
+
+def no_product_tips(record: logging.LogRecord) -> bool:
+    """Drop Lightning's "💡 Tip: … try installing litlogger / litmodels" lines: advertisements for cloud services that
+    say nothing about the run and that Lightning offers no switch to turn off (lightning 2.6,
+    ``logger_connector.py`` and ``callback_connector.py`` log them at every ``Trainer``)."""
+    return not str(record.msg).startswith("💡 Tip:")
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -1,0 +1,39 @@
+"""What a default run prints: one progress bar over steps, no library tip or warning (issue 22, item 6 in part)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import UFM_TRAIN
+from ufm_torch.cli.process import no_product_tips
+
+
+def test_lightning_product_tips_are_dropped_and_other_lines_kept() -> None:
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, "", 0, message, None, None)
+
+    assert not no_product_tips(record("💡 Tip: For seamless cloud logging and experiment tracking, try installing"))
+    assert no_product_tips(record("`Trainer.fit` stopped: `max_steps=30` reached."))
+
+
+@pytest.mark.slow
+def test_a_backbone_run_prints_one_bar_and_no_library_tip_or_warning(tmp_path: Path) -> None:
+    arguments = [
+        "model=mlp", "data=digits", "data.num_classes=3", "data.samples_per_class=10", "data.batch_size=10",
+        "trainer.max_steps=30", "callbacks.progress.refresh_rate=10", f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}  # as a user runs it
+    result = subprocess.run(
+        [str(UFM_TRAIN), *arguments], cwd=tmp_path, capture_output=True, text=True, env=environment, timeout=240
+    )
+    assert result.returncode == 0, result.stderr
+    printed = (result.stdout + result.stderr).replace("\r", "\n")
+    for noise in ("Tip:", "Epoch", "Training:", "weights_only", "Warning", "log_every_n_steps"):
+        assert noise not in printed, noise
+    bars = [line for line in printed.splitlines() if line.startswith("Steps")]
+    assert bars and all("/30 " in line or "/? " in line for line in bars)
