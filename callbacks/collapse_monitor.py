@@ -7,6 +7,7 @@ import bisect
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ufm_torch.errors import ConfigError
-from ufm_torch.metrics import centred_mean_directions
+from ufm_torch.metrics import CollapseMetricWarning, centred_mean_directions
 from ufm_torch.metrics.layers import BATCH_KEYS, FeatureMap, default_classifier, find_module, is_linear_classifier
 from ufm_torch.metrics.network import (
     HELDOUT,
@@ -82,6 +84,10 @@ class CollapseMonitor(L.Callback):
     at least every ``TENSORBOARD_FLUSH_SECONDS`` and before each checkpoint; on resume, the events that a killed run
     wrote after the checkpoint are dropped (:mod:`ufm_torch.run_folder.event_files`).
 
+    Metrics that are undefined at an evaluation (NaN, ``null`` in ``metrics.jsonl``: W = 0 past a regularised UFM's
+    threshold, say) are not a warning per evaluation: one line at the end of training names them, their reason and
+    at how many evaluations.
+
     Bad input is a one-line :class:`ufm_torch.errors.ConfigError` before training: a layer or classifier name that is
     not a module (with the closest names), a classifier that is not linear, labels outside ``[0, C)``, a batch or an
     activation that cannot be read.
@@ -133,6 +139,7 @@ class CollapseMonitor(L.Callback):
         self.class_means: Tensor | None = None
         self.optimum: UFMOptimum | None = None
         self.labels: ClassLabels | None = None
+        self.undefined: dict[str, int] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Resolve and check what to measure (:meth:`check`) and where ``metrics.jsonl`` goes."""
@@ -253,6 +260,7 @@ class CollapseMonitor(L.Callback):
         if trainer.is_global_zero:
             self._write_hparams(trainer, pl_module)
             self._close()
+            self._report_undefined()
 
     def _close(self) -> None:
         for writer in self.writers:
@@ -296,7 +304,10 @@ class CollapseMonitor(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """Measure at ``step`` and write one record per replica, layer and split to the log, the loggers and
         TensorBoard."""
-        measurement = self.measure(trainer, pl_module)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CollapseMetricWarning)
+            measurement = self.measure(trainer, pl_module)
+        self._note_undefined(caught)
         self.class_means = measurement.class_means
         if not trainer.is_global_zero:
             return
@@ -331,6 +342,27 @@ class CollapseMonitor(L.Callback):
                 )
         if step in self.image_steps and self.writers:
             self._add_gram_images(self.last_records, step)
+
+    def _note_undefined(self, caught: list[warnings.WarningMessage]) -> None:
+        """Count the evaluations at which metrics were undefined (by names and reason, whatever the number of
+        replicas); any other warning is passed on as it came. A regularised UFM past its threshold is meant to reach
+        W = 0, where NC3 is undefined at every evaluation: one line at the end says so, not one warning each."""
+        for caught_warning in caught:
+            if issubclass(caught_warning.category, CollapseMetricWarning):
+                names, _, reason = str(caught_warning.message).partition(" set to NaN")
+                key = f"{names}: {reason.partition(': ')[2]}"
+                self.undefined[key] = self.undefined.get(key, 0) + 1
+            else:
+                warnings.warn_explicit(
+                    caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
+                )
+
+    def _report_undefined(self) -> None:
+        """One line for all the metrics that were undefined at some evaluation (recorded as null)."""
+        if self.undefined:
+            parts = "; ".join(f"{key} ({count} evaluations)" for key, count in self.undefined.items())
+            rank_zero_info(f"Collapse metrics undefined (null in metrics.jsonl): {parts}")
+        self.undefined = {}
 
     def _add_gram_images(self, records: list[dict], step: int) -> None:
         """M̃ᵀM̃ (from the class means of this evaluation) next to the simplex ETF, in the run of the first copy of

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import UFM_TRAIN
+from ufm_torch.callbacks import CollapseMonitor
 from ufm_torch.cli.process import no_product_tips
+from ufm_torch.metrics import CollapseMetricWarning
 
 
 def test_lightning_product_tips_are_dropped_and_other_lines_kept() -> None:
@@ -37,3 +40,26 @@ def test_a_backbone_run_prints_one_bar_and_no_library_tip_or_warning(tmp_path: P
         assert noise not in printed, noise
     bars = [line for line in printed.splitlines() if line.startswith("Steps")]
     assert bars and all("/30 " in line or "/? " in line for line in bars)
+
+
+def test_undefined_metrics_are_reported_once_per_run_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    monitor = CollapseMonitor()
+    for replicas in (3, 5, 30):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.warn(f"nc3 set to NaN for {replicas} of 30 replicas: W = 0", CollapseMetricWarning, stacklevel=1)
+            warnings.warn("nc1 set to NaN: the class means coincide", CollapseMetricWarning, stacklevel=1)
+        monitor._note_undefined(caught)
+    with pytest.warns(UserWarning, match="another library's warning"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.warn("another library's warning", UserWarning, stacklevel=1)
+        monitor._note_undefined(caught)
+    with caplog.at_level(logging.INFO):
+        monitor._report_undefined()
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line == (
+        "Collapse metrics undefined (null in metrics.jsonl): nc3: W = 0 (3 evaluations); "
+        "nc1: the class means coincide (3 evaluations)"
+    )
+    assert monitor.undefined == {}
