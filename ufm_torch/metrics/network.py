@@ -226,12 +226,14 @@ class ForwardPasses:
             yield dict(self.taps.rows), labels
 
     def check_labels(self, labels: Tensor) -> None:
-        """A :class:`ConfigError` unless every label lies in ``[0, C)``."""
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.plan.num_classes):
+        """A :class:`ConfigError` unless every label lies in ``[0, C)`` (one read of the device per batch)."""
+        if not labels.numel():
+            return
+        low, high = torch.stack(torch.aminmax(labels)).tolist()
+        if low < 0 or high >= self.plan.num_classes:
             raise ConfigError(
                 f"labels must lie in [0, {self.plan.num_classes}) (C = {self.plan.num_classes} classes, from the "
-                f"classifier's outputs or num_classes), got a batch with labels in [{int(labels.min())}, "
-                f"{int(labels.max())}]"
+                f"classifier's outputs or num_classes), got a batch with labels in [{low}, {high}]"
             )
 
 
