@@ -153,8 +153,9 @@ class CollapseMonitor(L.Callback):
         network = measured_network(pl_module)
         self.free_features = has_free_features(network)
         classifier = self.classifier or default_classifier(pl_module)
-        if classifier is not None and not is_linear_classifier(find_module(pl_module, classifier, "classifier")):
-            kind = type(find_module(pl_module, classifier, "classifier")).__name__
+        head = None if classifier is None else find_module(pl_module, classifier, "classifier")
+        if head is not None and not is_linear_classifier(head):
+            kind = type(head).__name__
             raise ConfigError(f"classifier {classifier!r} is a {kind}, not an nn.Linear: name the linear classifier")
         for name in self.layers:
             find_module(pl_module, name, "layer")
@@ -170,8 +171,8 @@ class CollapseMonitor(L.Callback):
                 f"{[name for name in layers if name != classifier]} cannot be measured"
             )
         num_classes = self.num_classes
-        if classifier is not None:
-            num_classes = find_module(pl_module, classifier, "classifier").weight.shape[-2]
+        if head is not None:
+            num_classes = head.weight.shape[-2]
             if self.num_classes is not None and self.num_classes != num_classes:
                 raise ConfigError(
                     f"num_classes={self.num_classes} but classifier {classifier!r} has {num_classes} outputs"
