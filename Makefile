@@ -60,10 +60,12 @@ benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_layer_metrics
 	$(BIN)/python -m benchmarks.bench_layer_monitor
 	$(BIN)/python -m benchmarks.bench_rejected_config
+	$(BIN)/python -m benchmarks.bench_hyperspherical
 
 # TensorBoard on one run or sweep folder: make tensorboard RUN=outputs/runs/<date>/<time>
 tensorboard: $(STAMP)
 	@test -n "$(RUN)" || { echo "make tensorboard: set RUN to a run or sweep folder, e.g. RUN=outputs/runs/<date>/<time>"; exit 2; }
+	@$(BIN)/python -m ufm_torch.run_folder.dashboard "$(RUN)"
 	$(BIN)/tensorboard --logdir "$(RUN)"
 
 # On a GPU machine: the CUDA build of torch lives in .venv-vision (.venv holds the CPU build), so the gpu tests and

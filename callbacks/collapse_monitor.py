@@ -34,7 +34,7 @@ from ufm_torch.metrics.network import (
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.metrics.statistics import ClassLabels, class_labels
 from ufm_torch.metrics.tags import GRAM_IMAGE_TAG
-from ufm_torch.models import ReplicaIdentity, has_free_features
+from ufm_torch.models import ClosedFormNetwork, ReplicaIdentity, has_closed_form
 from ufm_torch.run_folder.event_files import truncate_tree
 from ufm_torch.run_folder.layout import METRICS_FILE
 from ufm_torch.run_folder.metrics_log import MetricsLog
@@ -126,7 +126,7 @@ class CollapseMonitor(L.Callback):
         self.num_classes = num_classes
         self.batch_keys = tuple(batch_keys)
         self.plan: MeasurementPlan | None = None
-        self.free_features = False
+        self.closed_form = False
         self.metrics_log: MetricsLog | None = None
         self.steps: list[int] = []
         self.schedule: set[int] = set()
@@ -144,14 +144,18 @@ class CollapseMonitor(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Resolve and check what to measure (:meth:`check`) and where ``metrics.jsonl`` goes."""
         self.check(pl_module)
-        output_dir = self.output_dir or Path(trainer.log_dir or trainer.default_root_dir)
-        self.metrics_log = MetricsLog(Path(output_dir) / METRICS_FILE)
+        self.metrics_log = MetricsLog(self.metrics_path(trainer))
+
+    def metrics_path(self, trainer: L.Trainer) -> Path:
+        """Where ``metrics.jsonl`` is written: in ``output_dir``, else the trainer's log folder. The same path in every
+        process, so that the main process reads what rank 0 wrote under DDP (whose workers hold the records)."""
+        return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir) / METRICS_FILE
 
     def check(self, pl_module: L.LightningModule) -> MeasurementPlan:
         """Resolve the classifier, the layers and C for ``pl_module``; a mistake is a one-line :class:`ConfigError`
         (``ufm-train`` calls this before the run folder changes)."""
         network = measured_network(pl_module)
-        self.free_features = has_free_features(network)
+        self.closed_form = has_closed_form(network)
         classifier = self.classifier or default_classifier(pl_module)
         head = None if classifier is None else find_module(pl_module, classifier, "classifier")
         if head is not None and not is_linear_classifier(head):
@@ -165,7 +169,7 @@ class CollapseMonitor(L.Callback):
                 f"{type(pl_module).__name__} has no nn.Linear classifier: name one with classifier=... or list the "
                 "layers to measure with layers=[...]"
             )
-        if self.free_features and layers != (classifier,):
+        if self.closed_form and layers != (classifier,):
             raise ConfigError(
                 f"the UFM has one layer, the input of its classifier {classifier!r} (its features H); layers "
                 f"{[name for name in layers if name != classifier]} cannot be measured"
@@ -194,8 +198,8 @@ class CollapseMonitor(L.Callback):
         self.image_steps = {steps[i] for i in picks.tolist()} if self.gram_images else set()
         network = measured_network(pl_module)
         self.identities = replica_identities(network)
-        if self.free_features:
-            labels = trainer.datamodule.labels.to(network.features.device)
+        if self.closed_form:
+            labels = trainer.datamodule.labels.to(network.closed_form_features().device)
             self.labels = class_labels(labels, labels.shape[0], self.plan.num_classes)
             self.optimum = global_optimum(pl_module, trainer.datamodule)
         entries = self.measured_entries(trainer)
@@ -215,7 +219,7 @@ class CollapseMonitor(L.Callback):
 
     def measured_entries(self, trainer: L.Trainer) -> list[tuple[str, str]]:
         """``(layer, split)`` of every measurement of an evaluation, in the order of :class:`NetworkMeasurement`."""
-        splits = [TRAIN] if self.free_features or self.heldout_loader(trainer) is None else [TRAIN, HELDOUT]
+        splits = [TRAIN] if self.closed_form or self.heldout_loader(trainer) is None else [TRAIN, HELDOUT]
         return [(layer, split) for split in splits for layer in self.plan.layers]
 
     def training_loader(self, trainer: L.Trainer) -> DataLoader:
@@ -289,7 +293,7 @@ class CollapseMonitor(L.Callback):
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> NetworkMeasurement:
         """Every metric of the present state (:mod:`ufm_torch.metrics.network`), with the UFM's distances to its
         global optimum when it has one."""
-        if self.free_features:
+        if self.closed_form:
             network = pl_module.network
             measurement = measure_free_features(
                 network, self.labels, self.plan.layers[0], pl_module.objective_value, pl_module.current_logits()
@@ -450,11 +454,12 @@ def global_optimum(pl_module: CollapseModule, datamodule: L.LightningDataModule)
     return solve_optimum(problem)
 
 
-def distances_to_optimum(network: nn.Module, labels: Tensor, optimum: UFMOptimum) -> dict[str, Tensor]:
+def distances_to_optimum(network: ClosedFormNetwork, labels: Tensor, optimum: UFMOptimum) -> dict[str, Tensor]:
     """``optimum/loss_gap``, ``optimum/classifier_gram``, ``optimum/feature_gram`` and ``optimum/bias`` of every
     replica (float64, computed on the CPU from the parameters)."""
-    features, weight = network.features.detach().cpu().double(), network.head.weight.detach().cpu().double()
+    parameter = network.closed_form_features()
+    features, weight = parameter.detach().cpu().double(), network.head.weight.detach().cpu().double()
     bias = network.head.bias.detach().cpu().double() if network.head.has_bias else None
-    device = network.features.device
+    device = parameter.device
     values = optimum_metrics(features, weight, bias, labels.cpu(), optimum)
     return {tag: value.to(device) for tag, value in values.items()}

@@ -95,14 +95,15 @@ def _restored_process_state(threads: int = 1) -> Iterator[None]:
 def fit_in_process(run_dir: Path, *overrides: str) -> dict[str, Any]:
     """The composed config with ``overrides`` checked (``validate_config``) and trained (``build_and_fit``) into
     ``run_dir``: what ``ufm-train`` trains and what the monitor, checkpoints and loggers write, without Hydra's files,
-    ``status.json`` or the report. Returns the final metrics."""
+    ``status.json`` or the report. Returns the final metrics (``{"step", "replicas"}`` with a monitor, else
+    ``{"step", "trainer"}``)."""
     from ufm_torch.cli.train import build_and_fit
     from ufm_torch.cli.validation import validate_config
 
     cfg = compose_train(*overrides, run_dir=run_dir)
     validate_config(cfg)
     with _restored_process_state():
-        return build_and_fit(cfg)
+        return build_and_fit(cfg).final_metrics
 
 
 @dataclass(frozen=True)

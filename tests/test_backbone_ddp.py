@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hydra.utils import instantiate
 
 from tests.helpers import compose_train, run_ufm_train
 from tests.test_backbones import measure_backbone
+from ufm_torch.cli.train import final_metrics
 from ufm_torch.run_folder.metrics_log import read_records
 
 # 9 classes of 25 images: 225 samples, so the two processes hold shards of 113 and 112.
@@ -45,6 +47,10 @@ def test_ddp_spawn_metrics_equal_single_process_metrics_on_the_same_weights(tmp_
     assert result.returncode == 0, result.stderr
     final = read_records(run / "metrics.jsonl")[-1]
     assert final["step"] == 20
+    # status.json holds the whole final evaluation under DDP too (read from what rank 0 wrote), not only the trainer's
+    status = json.loads((run / "status.json").read_text())
+    assert status["final_metrics"] == final_metrics(read_records(run / "metrics.jsonl"))
+    assert status["final_metrics"]["replicas"][0]["collapse/nc1"] == final["collapse/nc1"]
 
     cfg = compose_train(*SETTINGS, run_dir=run)
     network = instantiate(cfg.model).double()

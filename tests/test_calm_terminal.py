@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.helpers import UFM_TRAIN
 from ufm_torch.callbacks import CollapseMonitor
-from ufm_torch.cli.process import no_product_tips
+from ufm_torch.cli.process import LIBRARY_WARNINGS, no_product_tips, quiet_library_warnings
 from ufm_torch.metrics import CollapseMetricWarning
 
 
@@ -63,3 +64,23 @@ def test_undefined_metrics_are_reported_once_per_run_in_one_line(caplog: pytest.
         "nc1: the class means coincide (3 evaluations)"
     )
     assert monitor.undefined == {}
+
+
+def test_library_warnings_are_silenced_in_the_processes_a_run_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDP's spawned workers import Lightning afresh: they inherit the filters through ``PYTHONWARNINGS``."""
+    monkeypatch.setenv("PYTHONWARNINGS", "default")
+    with warnings.catch_warnings():
+        quiet_library_warnings()
+        assert all("," not in prefix and ":" not in prefix for prefix in LIBRARY_WARNINGS)
+        messages = [
+            "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead.",
+            "The 'train_dataloader' does not have many workers which may be a bottleneck.",
+        ]
+        script = "import warnings\n" + "".join(f"warnings.warn({m!r}, UserWarning)\n" for m in messages)
+        script += "warnings.warn('a warning of our own', UserWarning)\n"
+        child = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ, check=True
+        )
+    assert "Invalid -W option" not in child.stderr
+    assert "LeafSpec" not in child.stderr and "many workers" not in child.stderr
+    assert "a warning of our own" in child.stderr, "only the listed warnings are silenced"

@@ -88,7 +88,8 @@ def test_cli_refuses_a_bad_checkpoint_before_touching_the_run_folder(tmp_path: P
     assert (run / "metrics.jsonl").read_bytes() == metrics
     status = json.loads((run / "status.json").read_text())
     assert status["final_metrics"]["step"] == 20
-    assert status["final_metrics"]["train/accuracy"] == read_records(run / "metrics.jsonl")[-1]["train/accuracy"]
+    (replica,) = status["final_metrics"]["replicas"]
+    assert replica["train/accuracy"] == read_records(run / "metrics.jsonl")[-1]["train/accuracy"]
 
 
 def test_a_trained_bias_does_not_load_into_a_bias_free_ufm(tmp_path: Path) -> None:

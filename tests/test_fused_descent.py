@@ -16,9 +16,9 @@ from ufm_torch.data import UFMDataModule, class_major_labels
 from ufm_torch.data.ufm import RepeatedBatch
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.objectives.losses import sum_squared_error
 from ufm_torch.training import fused_descent
 from ufm_torch.training.fused_descent import closed_form_steps, plain_gradient_descent_rate
-from ufm_torch.training.losses import sum_squared_error
 from ufm_torch.training.module import CollapseModule
 
 OPTIMIZERS = {

@@ -193,8 +193,7 @@ def test_layerwise_experiment_measures_every_hidden_activation_of_a_deep_mlp() -
 def test_a_short_layerwise_run_records_every_layer_and_draws_its_figure(tmp_path: Path) -> None:
     cfg = compose_layerwise(f"run_dir={tmp_path}", "trainer.max_steps=40", "logger=none",
                             "callbacks.progress.refresh_rate=0")  # fmt: skip
-    metrics = build_and_fit(cfg)
-    assert metrics["step"] == 40
+    assert build_and_fit(cfg).final_metrics["step"] == 40
     records = read_records(tmp_path / "metrics.jsonl", every_layer=True)
     layers = {(record["layer"], record["split"]) for record in records if record["step"] == 40}
     assert len(layers) == 2 * DEPTH

@@ -20,7 +20,7 @@ from ufm_torch.metrics import (
     snc_metrics,
     snc_metrics_from_statistics,
 )
-from ufm_torch.training.objective import ufm_risk
+from ufm_torch.objectives.ufm import ufm_risk
 
 DOUBLE = torch.float64
 

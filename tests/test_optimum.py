@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ufm_torch.metrics.tags import OPTIMUM_TAGS
+from ufm_torch.objectives.losses import LOSSES
 from ufm_torch.theory import (
     UFMOptimum,
     UFMProblem,
@@ -28,7 +29,6 @@ from ufm_torch.theory import (
     ufm_objective,
 )
 from ufm_torch.theory.optimum import ClosedFormOptimum
-from ufm_torch.training.losses import LOSSES
 
 DTYPE = torch.float64
 
@@ -337,7 +337,7 @@ def test_objective_matches_the_codebase_losses_and_torch_label_smoothing() -> No
             labels, 3, loss=loss, feature_dim=5, lambda_weight=0.1, lambda_features=0.2, lambda_bias=0.3
         )
         torch.testing.assert_close(
-            ufm_objective(features, weight, bias, labels, problem), LOSSES[loss](logits, labels) + penalty
+            ufm_objective(features, weight, bias, labels, problem), LOSSES[loss].value(logits, labels) + penalty
         )
     problem = UFMProblem.from_labels(
         labels,

@@ -118,11 +118,14 @@ def test_choice_and_range_sweep_runs_one_job_per_combination_with_its_own_config
 
 
 def test_a_named_objective_is_returned_as_a_float_for_sampling_sweepers() -> None:
-    metrics = {"step": 20, "strong_collapse/snc1": 0.25, "train/loss": None}
+    replicas = [{"replica": 0, "strong_collapse/snc1": 0.125, "train/loss": None},
+                {"replica": 1, "strong_collapse/snc1": 0.375, "train/loss": None}]  # fmt: skip
+    metrics = {"step": 20, "replicas": replicas}
     assert train.job_value(None, metrics) is metrics
-    assert train.job_value("strong_collapse/snc1", metrics) == 0.25
+    assert train.job_value("strong_collapse/snc1", metrics) == 0.25, "the mean over replicas"
     assert train.job_value("train/loss", metrics) != train.job_value("train/loss", metrics), "NaN when missing"
     assert train.job_value("strong_collapse/snc1", {"status": "diverged"}) != 0.25
+    assert train.job_value("train/loss", {"step": 20, "trainer": {"train/loss": 0.5}}) == 0.5, "without a monitor"
 
 
 def test_an_objective_that_is_no_metric_tag_is_one_line(monkeypatch, capsys, tmp_path: Path) -> None:

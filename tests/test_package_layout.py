@@ -1,4 +1,5 @@
-"""One namespace, units without import cycles, and every config option composable."""
+"""One namespace, units that import only what docs/architecture.md allows (so no cycles), and every config option
+composable."""
 
 from __future__ import annotations
 
@@ -23,7 +24,24 @@ from ufm_torch.errors import ConfigError
 
 PACKAGE_DIRS = {"ufm_torch": Path(ufm_torch.__file__).parent}
 CONFIG_DIR = Path(ufm_torch.conf.__file__).parent
-UNITS = ("models", "data", "training", "metrics", "theory", "run_folder", "analysis", "cli", "callbacks", "conf")
+UNITS = (
+    "models", "objectives", "data", "training", "metrics", "theory", "run_folder", "analysis", "cli", "callbacks",
+    "conf",
+)  # fmt: skip
+ALLOWED_IMPORTS = {
+    "models": set(),
+    "conf": set(),
+    "objectives": set(),
+    "metrics": {"models"},
+    "data": {"models"},
+    "training": {"models", "metrics", "objectives"},
+    "theory": {"objectives", "metrics"},
+    "run_folder": {"metrics"},
+    "analysis": {"run_folder", "metrics", "models", "objectives", "theory"},
+    "callbacks": {"metrics", "models", "run_folder", "training", "theory"},
+    "cli": {"analysis", "callbacks", "data", "metrics", "models", "objectives", "run_folder", "training"},
+}
+"""The units each unit may import: the table of docs/architecture.md ("Layout")."""
 
 
 IMPORT_CHECK = (
@@ -96,7 +114,8 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_units_import_each_other_without_a_cycle() -> None:
+def unit_imports() -> dict[str, set[str]]:
+    """The units each unit imports, function-level imports included."""
     edges: dict[str, set[str]] = {unit: set() for unit in UNITS}
     for module, path in source_files().items():
         source = unit_of(module)
@@ -104,6 +123,16 @@ def test_units_import_each_other_without_a_cycle() -> None:
             target = unit_of(imported)
             if source and target and target != source:
                 edges[source].add(target)
+    return edges
+
+
+def test_units_import_only_what_the_architecture_allows() -> None:
+    forbidden = {unit: sorted(targets - ALLOWED_IMPORTS[unit]) for unit, targets in unit_imports().items()}
+    assert not {unit: targets for unit, targets in forbidden.items() if targets}, "imports outside the table"
+
+
+def test_units_import_each_other_without_a_cycle() -> None:
+    edges = unit_imports()
     assert not any(name.split(".")[0] in ("callbacks", "conf") for p in source_files().values() for name in
                    imported_modules(p)), "an import of the top-level names callbacks or conf"
     visiting, done = set(), set()

@@ -23,11 +23,11 @@ from ufm_torch.callbacks.training_curves import TrainingCurves
 from ufm_torch.data import class_major_labels
 from ufm_torch.data.ufm import RepeatedBatch
 from ufm_torch.models import MLP, LinearHead, UnconstrainedFeatures
+from ufm_torch.objectives.losses import cross_entropy
+from ufm_torch.objectives.ufm import Objective
 from ufm_torch.training import fused_descent
 from ufm_torch.training.fused_descent import closed_form_steps
-from ufm_torch.training.losses import cross_entropy
 from ufm_torch.training.module import CollapseModule
-from ufm_torch.training.objective import Objective
 
 NUM_CLASSES, SAMPLES_PER_CLASS, FEATURE_DIM, STEPS = 3, 3, 8, 300
 LOSS_NAMES = ("sum_squared", "mean_squared", "cross_entropy")

@@ -15,6 +15,7 @@ from ufm_torch.cli import train
 from ufm_torch.cli.resume import RESUMABLE_KEYS, plan_resume
 from ufm_torch.errors import ConfigError
 from ufm_torch.run_folder.checkpoints import read_checkpoint
+from ufm_torch.run_folder.metrics_log import read_records
 from ufm_torch.run_folder.status import read_resumes, record_resume, record_resume_end
 
 SHORT = ["trainer.max_steps=20", "callbacks.progress.refresh_rate=0", "module.fused_steps=5", "logger=none"]
@@ -169,3 +170,17 @@ def test_a_folder_as_ckpt_path_is_called_a_folder(run: Path) -> None:
         read_checkpoint(run)
     with pytest.raises(ConfigError, match=r"is a folder, not a checkpoint file; give a checkpoint file \(\.ckpt\)"):
         read_checkpoint(run / ".hydra")
+
+
+def test_status_gives_final_metrics_per_replica_and_the_command_time_beside_the_training_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    assert ufm_train_main(monkeypatch, *SHORT, "model.init_scale=[0.1,0.001]", f"hydra.run.dir={run}") == 0
+    status = json.loads((run / "status.json").read_text())
+    final, records = status["final_metrics"], read_records(run / "metrics.jsonl")
+    assert final["step"] == 20 and [replica["init_scale"] for replica in final["replicas"]] == [0.1, 0.001]
+    for replica, record in zip(final["replicas"], records[-2:], strict=True):
+        assert replica == {key: value for key, value in record.items() if key not in ("step", "layer", "split")}
+    assert final["replicas"][0]["collapse/nc1"] != final["replicas"][1]["collapse/nc1"], "ε is not averaged away"
+    assert 0 < status["training_time_s"] < status["wall_time_s"] < status["command_wall_time_s"]

@@ -449,7 +449,7 @@ def test_report_text_panel_holds_the_command_line_and_final_metrics_once_after_a
     step, markdown = text
     assert step == 20
     assert "```\nufm-train 'model.init_scale=[0.1,0.001]' '~callbacks.progress'\n```" in markdown
-    assert "**finished** (wall time 2.5 s)" in markdown
+    assert "**finished** (job 2.5 s)" in markdown
     assert "at step 20: median over the replicas of each ε (1 to 2)" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("|")]
     assert table == [

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ufm_torch.metrics import snc_metrics
+from ufm_torch.objectives.ufm import ufm_risk
 from ufm_torch.theory import (
     gradient_descent,
     gradient_descent_snc3_error,
@@ -27,7 +28,6 @@ from ufm_torch.theory import (
     theorem3_limit_gram,
     theorem3_trajectory,
 )
-from ufm_torch.training.objective import ufm_risk
 
 DTYPE = torch.float64
 

@@ -141,6 +141,8 @@ def test_callback_metrics_and_the_bar_hold_the_curves_at_checkpoints_and_at_the_
 def test_a_run_without_a_monitor_reports_the_last_curve_point(tmp_path: Path) -> None:
     """``build_and_fit``'s final metrics without a monitor are ``callback_metrics``: the curves at the last step."""
     final = fit_in_process(tmp_path, "~callbacks.collapse_monitor", "trainer.max_steps=300", "trainer.accelerator=cpu")
+    assert final["step"] == 300
+    final = final["trainer"]
     curve = dict(tensorboard_curve(tmp_path / "tb", LOSS_TAG))
     assert sorted(final) == [TRAIN_ACCURACY_TAG, LOSS_TAG] and max(curve) == 300
     assert final[LOSS_TAG] == pytest.approx(curve[300], rel=1e-6) and final[TRAIN_ACCURACY_TAG] == 1.0

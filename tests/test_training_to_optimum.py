@@ -28,10 +28,12 @@ DECAYS = [f"module.feature_decay={DECAY}", f"module.classifier_decay={DECAY}"]
 
 
 def train(tmp_path: Path, *overrides: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Final metrics and final parameters (W, the class-mean Gram, b) of one run with ``overrides``."""
-    metrics = fit_in_process(
+    """Final metrics (of its one replica) and final parameters (W, the class-mean Gram, b) of one run with
+    ``overrides``."""
+    final = fit_in_process(
         tmp_path, "callbacks.progress.refresh_rate=0", "trainer.max_steps=5000", "logger=none", *SHAPE, *overrides
     )
+    (metrics,) = final["replicas"]
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     return metrics, state
 

@@ -7,8 +7,8 @@ import torch
 from ufm_torch.data import class_major_labels
 from ufm_torch.models import UnconstrainedFeatures, expand_init_scales, replica_seeds
 from ufm_torch.models.ufm import random_direction
-from ufm_torch.training.losses import sum_squared_error
-from ufm_torch.training.objective import ufm_gradients, ufm_risk
+from ufm_torch.objectives.losses import sum_squared_error
+from ufm_torch.objectives.ufm import ufm_gradients, ufm_risk
 
 
 def test_initialisation_has_norm_epsilon_and_zero_bias() -> None:

@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.textpath import TextToPath
 
 from ufm_torch.metrics.tags import COLLAPSE, OPTIMUM, STRONG_COLLAPSE
+from ufm_torch.models import BACKBONE_DEFAULT_LOSS, UFM_DEFAULT_LOSS
 
 ACCURACY = "accuracy"
 LOSS = "loss"
@@ -207,11 +208,13 @@ def loss_handles(styles: Mapping[str, tuple[str, str]], lines: bool = True, mark
 
 
 def loss_name(config: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str:
-    """The loss a run trained with: its ``module.loss``, or when null the network's default (the summed squared
-    error for a UFM, told by its records' init scales; the batch-mean squared error for a backbone)."""
+    """The loss a run trained with: its ``module.loss``, or when null the network's default
+    (:data:`~ufm_torch.models.UFM_DEFAULT_LOSS` for a UFM, told by its records' init scales;
+    :data:`~ufm_torch.models.BACKBONE_DEFAULT_LOSS` for a backbone)."""
     loss = (config.get("module") or {}).get("loss")
     if isinstance(loss, str) and loss and not loss.startswith("${"):
         return loss
     if loss is None and records:
-        return "sum_squared" if all(record.get("init_scale") is not None for record in records) else "mean_squared"
+        ufm = all(record.get("init_scale") is not None for record in records)
+        return UFM_DEFAULT_LOSS if ufm else BACKBONE_DEFAULT_LOSS
     return UNKNOWN_LOSS

@@ -24,6 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from ufm_torch.models import UFM_DEFAULT_LOSS
 from ufm_torch.models.ufm import class_sizes
 from ufm_torch.run_folder.jobs import Job
 from ufm_torch.run_folder.layout import CHECKPOINTS_DIR, LAST_CHECKPOINT
@@ -58,7 +59,7 @@ def job_problem(config: dict[str, Any], **changes: Any) -> UFMProblem:
     )
     decay = changes.get("decay")
     return UFMProblem(
-        loss=module.get("loss") or "sum_squared",
+        loss=module.get("loss") or UFM_DEFAULT_LOSS,
         class_counts=tuple(counts),
         feature_dim=model["feature_dim"],
         lambda_weight=module["classifier_decay"] if decay is None else decay,
@@ -103,7 +104,8 @@ def regularization_figure(jobs: Sequence[Job]) -> Figure:
         if weight is not None:
             module = resolved(job.config, "module")
             value = float(np.median(mean_squared_norm(gram_of(weight))))
-            by_loss.setdefault(module.get("loss") or "sum_squared", []).append((float(module["feature_decay"]), value))
+            loss = module.get("loss") or UFM_DEFAULT_LOSS
+            by_loss.setdefault(loss, []).append((float(module["feature_decay"]), value))
     reference = next(job for job in jobs if final_weight(job) is not None)
     data = resolved(reference.config, "data")
     num_classes, per_class = data["num_classes"], data["samples_per_class"]

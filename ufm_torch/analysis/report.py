@@ -50,7 +50,9 @@ from ufm_torch.analysis.summary import write_summary
 from ufm_torch.analysis.sweep_figures import draw_sweep_figures
 from ufm_torch.analysis.sweep_hparams import write_sweep_hparams
 from ufm_torch.analysis.sweep_table import format_summary_csv, summary_table
+from ufm_torch.models import UFM_DEFAULT_LOSS
 from ufm_torch.models.ufm import class_sizes
+from ufm_torch.objectives.ufm import PAPER_OBJECTIVE
 from ufm_torch.run_folder.jobs import Job, read_job, read_jobs
 from ufm_torch.run_folder.layout import (
     FIGURES_DIR,
@@ -116,7 +118,7 @@ def is_plain_gradient_descent(config: Mapping[str, Any]) -> bool:
         and not optimizer.get("momentum")
         and not optimizer.get("weight_decay")
         and data.get("batch_size") is None
-        and (config.get("module") or {}).get("loss") in (None, "sum_squared")
+        and ((config.get("module") or {}).get("loss") or UFM_DEFAULT_LOSS) == PAPER_OBJECTIVE.loss
     )
 
 

@@ -51,12 +51,18 @@ def final_metrics_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+TIMES = (("command_wall_time_s", "command"), ("wall_time_s", "job"), ("training_time_s", "training"))
+"""The wall times ``status.json`` may hold, with their labels: the whole command (single runs, after the report),
+the job (set-up, training, final evaluation) and ``trainer.fit`` alone."""
+
+
 def run_overview(job: Job) -> str:
     """The run's text panel (markdown): command line, outcome, and :func:`final_metrics_table`."""
     status = job.status
     outcome = f"**{status.get('status', 'unknown')}**"
-    if status.get("wall_time_s") is not None:
-        outcome += f" (wall time {float(status['wall_time_s']):.1f} s)"
+    times = [f"{label} {float(status[key]):.1f} s" for key, label in TIMES if status.get(key) is not None]
+    if times:
+        outcome += f" ({', '.join(times)})"
     if status.get("error"):
         outcome += f": {status['error']}"
     parts = [

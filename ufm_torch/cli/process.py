@@ -14,13 +14,15 @@ import copy
 import errno
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -38,6 +40,18 @@ EX_IOERR = 74
 """Exit code of a file-system error during training (``sysexits.h``: an error while doing I/O on a file)."""
 
 
+def process_start() -> float:
+    """When this process began, on the ``time.perf_counter()`` clock: ``now − (uptime − starttime/CLK_TCK)`` from
+    Linux's ``/proc/self/stat`` (field 22) and ``/proc/uptime``, to a clock tick (10 ms); now where these are
+    missing."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.perf_counter() - max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()
+
+
 @dataclass
 class ProcessState:
     """What ``main()``, the Hydra callback :class:`RunChecks` and the task of one process share.
@@ -45,9 +59,14 @@ class ProcessState:
     ``resume``: the resume the command line asks for; ``run_dir``: the single run's folder; ``created``: the
     outermost folder of its path that did not exist before Hydra made it (None when the run folder existed, and
     from the moment training starts: a folder that holds a run is never removed);
-    ``exit_code`` and ``last_line``: how ``main()`` ends after Hydra has drawn the report of an interrupted run.
+    ``exit_code`` and ``last_line``: how ``main()`` ends after Hydra has drawn the report of an interrupted run;
+    ``started``: when the command began (on the ``time.perf_counter()`` clock), for the wall time of the whole
+    command: the process's start for its first command (interpreter start-up and imports included), else the call of
+    ``main()``.
     """
 
+    started: float = field(default_factory=process_start)
+    commands: int = 0
     resume: Resume | None = None
     run_dir: Path | None = None
     created: Path | None = None
@@ -55,11 +74,36 @@ class ProcessState:
     last_line: str | None = None
 
     def reset(self) -> None:
-        """Forget an earlier command of this process (``main()`` called again, as tests do)."""
-        self.__dict__.update(ProcessState().__dict__)
+        """Begin a command: forget an earlier command of this process (``main()`` called again, as tests do)."""
+        started = self.started if self.commands == 0 else time.perf_counter()
+        self.__dict__.update(ProcessState(started=started, commands=self.commands + 1).__dict__)
 
 
 PROCESS = ProcessState()
+
+
+LIBRARY_WARNINGS = {
+    "The 'train_dataloader' does not have many workers": (
+        "our loaders hold tensors already in memory (a UFM's sample indices, digits, Gaussian mixtures); "
+        "worker processes would only add start-up time"
+    ),
+    "`isinstance(treespec": (
+        "`isinstance(treespec, LeafSpec)` is deprecated, raised inside Lightning 2.6's own _pytree.py by "
+        "torch >= 2.13 at every batch; nothing of ours uses LeafSpec, and the fix is Lightning's"
+    ),
+}
+"""Library warnings a default run would print, by the start of their message, with why they are silenced here."""
+
+
+def quiet_library_warnings() -> None:
+    """Ignore :data:`LIBRARY_WARNINGS` in this process and, through ``PYTHONWARNINGS``, in the processes it starts:
+    DDP's spawned workers import Lightning afresh and would print them once each. There each prefix matches
+    literally, and none may hold a comma, which separates filters."""
+    for prefix in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(prefix))
+    filters = [f"ignore:{prefix}" for prefix in LIBRARY_WARNINGS]
+    inherited = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join([inherited, *filters] if inherited else filters)
 
 
 def lightning_logs_to_stderr() -> None:

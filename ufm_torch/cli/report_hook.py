@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from ufm_torch.run_folder.dashboard import dashboard_line
 
 if TYPE_CHECKING:
     from ufm_torch.analysis.report import Report
@@ -19,6 +22,9 @@ class RunReport(Callback):
     """At ``on_job_end`` (every job, single run or multirun) :func:`ufm_torch.analysis.report.write_run_report` on
     the job's folder; at ``on_multirun_end`` :func:`ufm_torch.analysis.report.write_sweep_report` on
     ``hydra.sweep.dir``. ``ufm-plot PATH`` writes the same files later.
+
+    A single run and a sweep then print :func:`~ufm_torch.run_folder.dashboard.dashboard_line`: how to open
+    TensorBoard on the folder, with the Custom Scalars link that selects the runs its charts read.
 
     A job that ended with an exception or an exit code (a config mistake) gets no report. A report that fails
     prints one warning line and leaves the run's outcome as it was. The report's modules (matplotlib, torch) are
@@ -33,7 +39,10 @@ class RunReport(Callback):
         if job_return.status == JobStatus.COMPLETED:
             from ufm_torch.analysis.report import write_run_report
 
-            self._draw(lambda: write_run_report(Path(config.hydra.runtime.output_dir), self.tensorboard))
+            folder = Path(config.hydra.runtime.output_dir)
+            report = self._draw(lambda: write_run_report(folder, self.tensorboard))
+            if report is not None and self.tensorboard and config.hydra.mode != RunMode.MULTIRUN:
+                print(dashboard_line(folder))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Draw the sweep's report and print where it is."""
@@ -42,6 +51,8 @@ class RunReport(Callback):
         report = self._draw(lambda: write_sweep_report(Path(config.hydra.sweep.dir), self.tensorboard))
         if report is not None:
             print(report.describe())
+            if self.tensorboard:
+                print(dashboard_line(Path(config.hydra.sweep.dir)))
 
     @staticmethod
     def _draw(write: Callable[[], Report]) -> Report | None:

@@ -7,10 +7,10 @@ Types are strict: no booleans or fractional floats for integers, no strings for 
 integral float is an integer (Hydra reads ``trainer.max_steps=1e3`` as the float 1000.0): the checked value is the
 integer, and :func:`ufm_torch.cli.validation.validate_config` writes it back into the config.
 
-The schema imports neither torch nor Lightning, so that a rejected config answers before either is loaded: the names
-of the losses, activations and precisions are spelled out here, and ``tests/test_rejected_config.py`` checks them
-against :data:`ufm_torch.training.losses.LOSSES`, :data:`ufm_torch.models.backbones.ACTIVATIONS` and
-:data:`ufm_torch.training.precision.PRECISIONS`.
+The schema imports neither torch nor Lightning, so that a rejected config answers before either is loaded: the loss
+names come from the registry :data:`ufm_torch.objectives.losses.LOSSES` (which loads without torch); the names of
+the activations and precisions are spelled out here, and ``tests/test_rejected_config.py`` checks them against
+:data:`ufm_torch.models.backbones.ACTIVATIONS` and :data:`ufm_torch.training.precision.PRECISIONS`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, Strict, StrictBool, StrictInt
 from pydantic_core import ErrorDetails
 
-LOSS_NAMES = ("cross_entropy", "mean_squared", "sum_squared")
-"""The keys of :data:`ufm_torch.training.losses.LOSSES`."""
+from ufm_torch.objectives.losses import LOSSES
+
+LOSS_NAMES = tuple(sorted(LOSSES))
+"""The keys of :data:`ufm_torch.objectives.losses.LOSSES`, sorted."""
 ACTIVATION_NAMES = ("gelu", "relu", "silu", "tanh")
 """The keys of :data:`ufm_torch.models.backbones.ACTIVATIONS`."""
 PRECISIONS = ("16", "16-mixed", "16-true", "32", "32-true", "64", "64-true", "bf16", "bf16-mixed", "bf16-true")
@@ -168,6 +170,7 @@ class TrainConfig(Section):
     threads: PositiveInt | None = absent_or("null or an integer >= 1")
     callbacks: CallbacksConfig = section("callbacks")
     allow_unstable: StrictBool = absent_or(TRUE_OR_FALSE)
+    allow_large_memory: StrictBool = absent_or(TRUE_OR_FALSE)
 
 
 def failing_key(loc: tuple[int | str, ...]) -> tuple[tuple[str, ...], str]:

@@ -8,13 +8,15 @@ rejected config answers fast; the process's exit codes, signals and file-system 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
 import re
 import sys
-import warnings
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from ufm_torch.cli.process import (
     filesystem_error,
     lightning_logs_to_stderr,
     one_line,
+    quiet_library_warnings,
     refuse,
     remove_new_run_folder,
     remove_temporary_files,
@@ -42,18 +45,27 @@ from ufm_torch.cli.process import (
 from ufm_torch.cli.resume import plan_resume
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError, DivergenceError
-from ufm_torch.run_folder.status import RunStatus, record_resume, record_resume_end
+from ufm_torch.run_folder.metrics_log import read_records
+from ufm_torch.run_folder.status import RunStatus, record_resume, record_resume_end, update_status
 
 CONFIG_DIR = Path(conf.__file__).parent
 
 
-def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FitResult:
+    """What one fit gives its command: the final metrics (:func:`final_metrics`, as ``status.json`` records them) and
+    the wall time of ``trainer.fit`` alone (set-up, data checks and reports excluded)."""
+
+    final_metrics: dict[str, Any]
+    training_time_s: float
+
+
+def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> FitResult:
     """Seed, instantiate every object named by ``cfg``, check the data (``prepare_data``: settings, files,
     download) and the checkpoint to resume from, call ``before_fit`` (nothing of the run folder is written before
     it), and train.
 
-    Returns the final metrics: those of the collapse monitor's last evaluation over the whole training set (mean
-    over replicas), or the trainer's last logged values when no monitor runs. Checkpoints are written atomically
+    Returns the final metrics (:func:`final_metrics`) and the training time. Checkpoints are written atomically
     beside their final name (:class:`ufm_torch.run_folder.checkpoints.AtomicCheckpointIO`).
     """
     import lightning as L
@@ -87,23 +99,41 @@ def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None)
     )
     if before_fit is not None:
         before_fit()
+    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
+    training_time = time.perf_counter() - started
     monitor = next((callback for callback in callbacks if isinstance(callback, CollapseMonitor)), None)
-    if monitor is not None and monitor.last_records:
-        return final_evaluation(monitor.last_records)
-    return {key: float(value) for key, value in trainer.callback_metrics.items()}
+    records = read_records(path) if monitor is not None and (path := monitor.metrics_path(trainer)).is_file() else []
+    if records:
+        return FitResult(final_metrics(records), training_time)
+    trained = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    return FitResult({"step": trainer.global_step, "trainer": trained}, training_time)
 
 
-def final_evaluation(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """``step`` and the mean over replicas of every metric of one evaluation's records (NaN-free means of finite
-    values; a metric with none is None)."""
-    tags = [key for key in records[0] if "/" in key]
-    means: dict[str, Any] = {"step": records[0]["step"]}
-    for tag in tags:
-        values = [float(record[tag]) for record in records if record.get(tag) is not None]
-        finite = [value for value in values if math.isfinite(value)]
-        means[tag] = sum(finite) / len(finite) if finite else None
-    return means
+def final_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last evaluation of ``metrics.jsonl``'s main records (:func:`~ufm_torch.run_folder.metrics_log.read_records`):
+    ``{"step": s, "replicas": [...]}`` with one entry per replica, its identity (``replica``, ``init_scale``,
+    ``copy``, ``seed``) and its metrics by tag; an undefined metric is None. Read from the file rank 0 wrote, so a
+    run gives the same record with or without DDP, and replicas of different ε are never averaged together."""
+    step = records[-1]["step"]
+    dropped = ("step", "layer", "split")
+    last = [
+        {key: value for key, value in record.items() if key not in dropped}
+        for record in records
+        if record["step"] == step
+    ]
+    return {"step": step, "replicas": last}
+
+
+def objective_value(metrics: dict[str, Any], objective: str) -> float:
+    """The value a sampling sweeper optimises: ``objective``'s mean over the replicas of :func:`final_metrics` (finite
+    values only), or the trainer's last logged value without a monitor; NaN when it is missing."""
+    if "replicas" in metrics:
+        values = [replica.get(objective) for replica in metrics["replicas"]]
+        finite = [float(value) for value in values if value is not None and math.isfinite(float(value))]
+        return sum(finite) / len(finite) if finite else float("nan")
+    value = metrics.get("trainer", {}).get(objective)
+    return float("nan") if value is None else float(value)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ufm_torch.conf", config_name="train")
@@ -120,11 +150,10 @@ def train(cfg: DictConfig) -> dict[str, Any] | float:
 
 
 def job_value(objective: str | None, metrics: dict[str, Any]) -> dict[str, Any] | float:
-    """``metrics``, or ``metrics[objective]`` as a float when an objective is named (NaN when it is missing)."""
+    """``metrics``, or with an objective named its :func:`objective_value`."""
     if objective is None:
         return metrics
-    value = metrics.get(objective)
-    return float("nan") if value is None else float(value)
+    return objective_value(metrics, objective)
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -157,8 +186,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
     try:
         with StopSignal() as stop:
-            metrics = build_and_fit(cfg, before_fit=start)
-        end("finished", final_metrics=metrics)
+            fit = build_and_fit(cfg, before_fit=start)
+        metrics = fit.final_metrics
+        end("finished", training_time_s=fit.training_time_s, final_metrics=metrics)
     except DivergenceError as error:
         end("diverged", one_line(error))
         return _report_failure(status, "diverged", error, exit_code=None if in_sweep else 3, recorded=True)
@@ -255,8 +285,7 @@ def main() -> None:
     sweeper plugin, a sweep the sweeper cannot run, out-of-range value, a resume that would change the run, a run
     folder that cannot be written) ends with exit code 2 and one line on stderr, leaving no run folder behind; then
     Hydra runs the task. A resume runs the run's own command again (:mod:`ufm_torch.cli.resume`)."""
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    quiet_library_warnings()
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     PROCESS.reset()
     lightning_logs_to_stderr()
@@ -277,6 +306,9 @@ def main() -> None:
     except KeyboardInterrupt:
         print("\rufm-train: interrupted (SIGINT)", file=sys.stderr)
         sys.exit(130)
+    if PROCESS.run_dir is not None:  # a single run, its report drawn: the whole command beside the training time
+        with contextlib.suppress(OSError):
+            update_status(PROCESS.run_dir, command_wall_time_s=time.perf_counter() - PROCESS.started)
     if PROCESS.exit_code is not None:
         print(PROCESS.last_line, file=sys.stderr)
         sys.exit(PROCESS.exit_code)

@@ -21,8 +21,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from pydantic import ValidationError
 
+from ufm_torch.cli.memory import check_memory
 from ufm_torch.cli.schema import TrainConfig, schema_error
 from ufm_torch.errors import ConfigError
+from ufm_torch.objectives.losses import LABEL_SMOOTHING_LOSSES, LOSSES
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -106,27 +108,34 @@ def training_samples(cfg: DictConfig) -> int | None:
 
 
 def _bias_stability_limit(cfg: DictConfig) -> float | None:
-    """Largest stable SGD step size along the bias direction for a squared loss (None: no bound applies).
+    """Largest stable SGD step size along the bias direction for a loss quadratic in b (None: no bound applies).
 
     The logits are linear in ``b``, so on ``b`` the objective f = D + λ_b/2‖b‖² (+ the other penalties, which do
-    not involve b) is an exact quadratic with Hessian (κ + λ_b)·I, where κ = B, the batch size, for the summed
-    loss (∇_b D = A1, ∂²D/∂b² = B·I) and κ = 1 for the batch-mean one (∂²D/∂b² = I). Along it heavy-ball SGD with
+    not involve b) is, for a squared loss, an exact quadratic with Hessian (κ + λ_b)·I, κ the loss's
+    :meth:`~ufm_torch.objectives.losses.Loss.bias_curvature` over a batch (B for the summed loss, 1 for the batch
+    mean; B = 1 when the data has no class sizes to count it, the loosest bound). Along it heavy-ball SGD with
     momentum μ multiplies the bias error by the roots of z² − (1 + μ − η(κ + λ_b))z + μ, which leave the unit disc
-    exactly when η ≥ 2(1 + μ)/(κ + λ_b). Without a bias (``model.bias=false``) or for cross-entropy (not quadratic
-    in b, curvature at most ½ + λ_b and falling as the softmax saturates) no step size is certain to diverge.
+    exactly when η ≥ 2(1 + μ)/(κ + λ_b). Without a bias (``model.bias=false``) or for a loss without a bias
+    curvature (cross-entropy) no step size is certain to diverge.
     """
-    loss = effective_loss(cfg)
-    has_bias = OmegaConf.select(cfg, "model.bias", default=True)
-    if str(cfg.optimizer.get("_target_", "")) != "torch.optim.SGD" or loss not in ("sum_squared", "mean_squared"):
+    if str(cfg.optimizer.get("_target_", "")) != "torch.optim.SGD":
         return None
-    if not has_bias:
+    if not OmegaConf.select(cfg, "model.bias", default=True):
         return None
-    curvature = 1.0
     num_samples = training_samples(cfg)
-    if loss == "sum_squared" and num_samples is not None:
-        curvature = float(min(cfg.data.get("batch_size") or num_samples, num_samples))
+    batch_size = 1 if num_samples is None else min(cfg.data.get("batch_size") or num_samples, num_samples)
+    curvature = LOSSES[effective_loss(cfg)].bias_curvature(batch_size)
+    if curvature is None:
+        return None
     curvature += float(cfg.module.get("bias_decay") or 0.0)
     return 2.0 * (1.0 + cfg.optimizer.get("momentum", 0.0)) / curvature
+
+
+def _trains_free_features(cfg: DictConfig) -> bool:
+    """Whether the configured network is an unconstrained features model (asks its class)."""
+    from ufm_torch.models import has_free_features, target_object
+
+    return has_free_features(target_object(str(OmegaConf.select(cfg, "model._target_", default=""))))
 
 
 def check_class_sizes(cfg: DictConfig) -> None:
@@ -154,12 +163,13 @@ def check_bias_decay(cfg: DictConfig) -> None:
 
 
 def check_label_smoothing(cfg: DictConfig) -> None:
-    """``module.label_smoothing`` belongs to cross-entropy."""
+    """``module.label_smoothing`` belongs to the losses that support it (cross-entropy)."""
     smoothing = OmegaConf.select(cfg, "module.label_smoothing", default=0.0) or 0.0
-    if smoothing and effective_loss(cfg) != "cross_entropy":
+    if smoothing and not LOSSES[effective_loss(cfg)].supports_label_smoothing:
+        losses = " or ".join(f"module.loss={name}" for name in LABEL_SMOOTHING_LOSSES)
         raise ConfigError(
-            f"module.label_smoothing={smoothing} applies to module.loss=cross_entropy only (now "
-            f"{effective_loss(cfg)}); set module.label_smoothing=0 or module.loss=cross_entropy"
+            f"module.label_smoothing={smoothing} applies to {losses} only (now {effective_loss(cfg)}); set "
+            f"module.label_smoothing=0 or {losses}"
         )
 
 
@@ -174,12 +184,13 @@ def check_scheduler_shape(cfg: DictConfig) -> None:
 
 
 def check_backbone_only_keys(cfg: DictConfig) -> None:
-    """``module.scheduler`` and ``callbacks.collapse_monitor.in_epochs`` apply to backbones: the UFM's fused
-    closed-form steps bypass Lightning's scheduler stepping, and its epochs are not passes over data."""
-    from ufm_torch.training.precision import trains_free_features
+    """``module.scheduler`` and ``callbacks.collapse_monitor.in_epochs`` apply to networks trained by autograd: the
+    UFM's fused closed-form steps (a :class:`~ufm_torch.models.ClosedFormNetwork`) bypass Lightning's scheduler
+    stepping, and its epochs are not passes over data."""
+    from ufm_torch.models import has_closed_form, target_object
 
     scheduler = OmegaConf.select(cfg, "module.scheduler")
-    if not trains_free_features(cfg):
+    if not has_closed_form(target_object(str(OmegaConf.select(cfg, "model._target_", default="")))):
         return
     if scheduler is not None:
         raise ConfigError(
@@ -229,7 +240,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_bias_decay(cfg)
     check_scheduler_shape(cfg)
     # From here on the checks import torch (never Lightning).
-    training_samples(cfg)
+    num_samples = training_samples(cfg)
     check_label_smoothing(cfg)
     check_backbone_only_keys(cfg)
     check_objective(cfg)
@@ -245,6 +256,7 @@ def validate_config(cfg: DictConfig) -> None:
             "plus module.bias_decay; it diverges otherwise); set allow_unstable=true to run it anyway"
         )
     check_accelerator(cfg)
+    check_memory(cfg, num_samples, _trains_free_features(cfg), LOSSES[effective_loss(cfg)])
     feature_dim = OmegaConf.select(cfg, "model.feature_dim")
     num_classes = OmegaConf.select(cfg, "data.num_classes")
     if feature_dim is not None and num_classes is not None and feature_dim < num_classes - 1:

@@ -6,8 +6,9 @@ One measurement path for every network. A **layer** is read as one row of featur
 and the nearest-centre agreement for the features that enter it, and SNC1–SNC3 and dist_S on the training split.
 Where the rows come from is the only difference between networks:
 
-- the UFM's only layer is the input of its classifier, the feature matrix H itself, a parameter: its statistics are
-  computed from the whole tensor, batched over replicas (:func:`measure_free_features`), with no forward pass;
+- the UFM's only layer is the input of its classifier, the feature matrix H itself, a parameter (a
+  :class:`~ufm_torch.models.ClosedFormNetwork`'s ``closed_form_features()``): its statistics are computed from the
+  whole tensor, batched over replicas (:func:`measure_free_features`), with no forward pass;
 - any other network (a backbone of this package or any ``nn.Module``) is run over a data loader with forward hooks
   (:func:`measure_layers`): a first pass accumulates class means (``ClassMeansAccumulator``), a second the centred
   moments (``CentredMomentsAccumulator``), O(C·p + C²) numbers per layer, never a p×p matrix. The second pass reads
@@ -40,6 +41,7 @@ from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES, snc_metrics_from
 from ufm_torch.metrics.tags import HELDOUT_ACCURACY_TAG, LOSS_TAG, TRAIN_ACCURACY_TAG, metric_tag
 from ufm_torch.metrics.two_pass import CentredMomentsAccumulator, ClassMeansAccumulator
 from ufm_torch.metrics.variability import layer_metrics_from_statistics, layer_metrics_with_statistics
+from ufm_torch.models import ClosedFormNetwork
 
 TRAIN = "train"
 HELDOUT = "heldout"
@@ -157,7 +159,7 @@ def tagged(values: dict[str, Tensor]) -> dict[str, Tensor]:
 
 @torch.inference_mode()
 def measure_free_features(
-    network: nn.Module, labels: ClassLabels, layer: str, objective: Objective, logits: Tensor | None = None
+    network: ClosedFormNetwork, labels: ClassLabels, layer: str, objective: Objective, logits: Tensor | None = None
 ) -> NetworkMeasurement:
     """Every collapse metric of each UFM replica from its parameters, plus ``train/loss`` (the objective f with its
     decays) and ``train/accuracy``, as the training values of ``layer`` (the name of the classifier, whose input H is).
@@ -170,7 +172,7 @@ def measure_free_features(
     inference mode: its hundreds of small operations skip autograd's bookkeeping (12–17% faster than ``no_grad`` at
     the paper's size).
     """
-    features, weight, bias = network.features, network.head.weight, network.head.bias
+    features, weight, bias = network.closed_form_features(), network.head.weight, network.head.bias
     if logits is None:
         logits = network.head(features)
     statistics = class_statistics(features, labels, weight.shape[-2])

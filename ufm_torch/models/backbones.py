@@ -15,8 +15,8 @@ from types import ModuleType
 
 from torch import Tensor, nn
 
+from ufm_torch.models.contract import ReplicaIdentity
 from ufm_torch.models.head import LinearHead
-from ufm_torch.models.kind import ReplicaIdentity
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 RESNET_FEATURE_DIM = 512
@@ -50,9 +50,7 @@ def dense_block(in_features: int, out_features: int, activation: str, batch_norm
 class Backbone(nn.Module):
     """A feature map ``body: x ↦ h(x) ∈ ℝᵖ`` followed by the linear classifier ``h ↦ Wh + b``.
 
-    Exposes the interface the training module and the collapse monitor rely on: ``num_classes`` (C),
-    ``feature_dim`` (p), ``head``, ``num_replicas = 1``, ``forward_features(x) -> (B, p)`` and
-    ``forward(x) -> (B, C)``.
+    A :class:`~ufm_torch.models.contract.Network` with one replica and no free features; it trains by autograd.
     """
 
     num_replicas = 1

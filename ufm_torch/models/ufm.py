@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ufm_torch.models.contract import ReplicaIdentity
 from ufm_torch.models.head import LinearHead
-from ufm_torch.models.kind import ReplicaIdentity
 
 
 def replica_seeds(seed: int, replicas: int) -> list[int]:
@@ -113,7 +113,9 @@ class UnconstrainedFeatures(nn.Module):
     ‖H₀‖_F = ‖W₀‖_F = ε and b₀ = 0; a balanced model draws exactly the numbers it drew before class sizes existed.
     Replicas are ordered scale-major: replica ``r`` has init scale ``init_scales[r]``, copy index
     ``copy_indices[r] = r % replicas`` and seed ``seeds[r]`` from :func:`replica_seeds`.
-    Inputs are sample indices; ``forward`` returns logits of shape ``(R, B, C)``.
+    Inputs are sample indices; ``forward`` returns logits of shape ``(R, B, C)``. A
+    :class:`~ufm_torch.models.contract.ClosedFormNetwork`: the trainer takes fused closed-form steps on
+    :meth:`closed_form_features`.
     """
 
     free_features = True
@@ -169,6 +171,11 @@ class UnconstrainedFeatures(nn.Module):
             ReplicaIdentity(*identity)
             for identity in zip(self.init_scales, self.copy_indices, self.seeds, strict=True)
         ]
+
+    def closed_form_features(self) -> nn.Parameter:
+        """The feature parameter Hᵀ ``(R, n, p)``, the classifier's input of every sample: the logits are
+        ``HᵀWᵀ + 1bᵀ``, so the objective has the closed-form gradient of Mixon et al., Section 3."""
+        return self.features
 
     def forward_features(self, indices: Tensor) -> Tensor:
         """Rows of H for the given sample indices, shape ``(R, B, p)``."""

@@ -42,6 +42,14 @@ class RunStatus:
         self.written = True
 
 
+def update_status(run_dir: Path, **fields: Any) -> None:
+    """Add ``fields`` to the recorded status of ``run_dir`` (atomically, as :meth:`RunStatus.write`); nothing when it
+    has none. The command's whole wall time is recorded this way once its report is drawn."""
+    status = read_status(run_dir)
+    if status is not None:
+        replace_file(Path(run_dir) / STATUS_FILE, json.dumps(status | fields, indent=1) + "\n")
+
+
 def replace_file(path: Path, text: str) -> None:
     """Write ``text`` to ``<path>.tmp`` and rename it over ``path`` (atomic). On an ``OSError`` the temporary file
     is removed before the error is raised: nothing half-written is left."""

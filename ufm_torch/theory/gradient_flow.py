@@ -1,6 +1,6 @@
 """The paper's closed forms (Lemma 4, Theorems 2 and 3) and integrators to check them against.
 
-Everything follows the row convention of :mod:`ufm_torch.training.objective`: ``features`` ``(..., CN, p)``
+Everything follows the row convention of :mod:`ufm_torch.objectives.ufm`: ``features`` ``(..., CN, p)``
 is the paper's ``Hᵀ``, ``weight`` ``(..., C, p)`` is ``W``, ``bias`` ``(..., C)`` is ``b``;
 leading dimensions are replicas. Functions that take ``num_classes`` and ``samples_per_class``
 instead of labels assume the UFM's class-major order ``labels = arange(C).repeat_interleave(N)``,
@@ -21,7 +21,7 @@ import torch
 from scipy.integrate import DOP853, solve_ivp
 from torch import Tensor
 
-from ufm_torch.training.objective import residual, ufm_gradients
+from ufm_torch.objectives.ufm import residual, ufm_gradients
 
 
 class FlowState(NamedTuple):

@@ -1,11 +1,11 @@
 """The global optimum of the regularised UFM: a convex reduction solved to float64 accuracy, closed forms, metrics.
 
-Problem (row convention of :mod:`ufm_torch.training.objective`: ``features`` ``(..., n, p)`` is ``Hᵀ``, ``weight``
+Problem (row convention of :mod:`ufm_torch.objectives.ufm`: ``features`` ``(..., n, p)`` is ``Hᵀ``, ``weight``
 ``(..., C, p)`` is ``W``, ``bias`` ``(..., C)`` is ``b``; leading dimensions are replicas)::
 
     f(W, H, b) = D(W, H, b) + λ_W/2 ‖W‖²_F + λ_H/2 ‖H‖²_F + λ_b/2 ‖b‖²
 
-with the data term ``D`` of :data:`ufm_torch.training.losses.LOSSES` (``n = Σ_k n_k`` samples, ``n_k`` in class k):
+with the data term ``D`` of :data:`ufm_torch.objectives.losses.LOSSES` (``n = Σ_k n_k`` samples, ``n_k`` in class k):
 
 - ``sum_squared``: ``½‖WH + b1ᵀ − Y‖²_F`` (the paper's risk, a sum over samples);
 - ``mean_squared``: ``(1/n) Σ_i ½‖Wh_i + b − y_i‖²`` (the sum divided by n, as the codebase's backbone loss);
@@ -52,19 +52,19 @@ import torch
 from torch import Tensor
 
 from ufm_torch.metrics.tags import OPTIMUM_TAGS
-from ufm_torch.training.losses import LOSSES, cross_entropy
-from ufm_torch.training.objective import one_hot_targets
+from ufm_torch.objectives.losses import LABEL_SMOOTHING_LOSSES, LOSSES, Link, Loss, one_hot_targets
 
 DTYPE = torch.float64
-OPTIMUM_LOSSES = ("sum_squared", "mean_squared", "cross_entropy")
 ZERO_SINGULAR_VALUE = 1e-12  # singular values of X* below this times max_k √n_k are rounding at a threshold: 0
 
 
 @dataclass(frozen=True)
 class UFMProblem:
-    """One regularised UFM: loss, class sizes ``n_k``, feature dimension p and the weight decays.
+    """One regularised UFM: loss (a name of :data:`~ufm_torch.objectives.losses.LOSSES`), class sizes ``n_k``,
+    feature dimension p and the weight decays.
 
-    ``lambda_bias`` is ignored when ``bias`` is False; ``label_smoothing`` applies to ``cross_entropy`` only.
+    ``lambda_bias`` is ignored when ``bias`` is False; ``label_smoothing`` applies to the losses that support it
+    (``cross_entropy``).
     """
 
     loss: str
@@ -77,8 +77,8 @@ class UFMProblem:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.loss not in OPTIMUM_LOSSES:
-            raise ValueError(f"loss must be one of {OPTIMUM_LOSSES}, got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {self.loss!r}")
         if len(self.class_counts) < 2 or min(self.class_counts) < 1:
             raise ValueError(f"need at least 2 classes, each with a sample; got class_counts {self.class_counts}")
         if self.feature_dim < len(self.class_counts):
@@ -94,14 +94,21 @@ class UFMProblem:
             raise ValueError(f"λ_b must be ≥ 0, got {self.lambda_bias}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.label_smoothing > 0 and self.loss != "cross_entropy":
-            raise ValueError(f"label smoothing applies to cross_entropy only, not to {self.loss}")
+        if self.label_smoothing > 0 and not self.data_loss.supports_label_smoothing:
+            raise ValueError(
+                f"label smoothing applies to {' or '.join(LABEL_SMOOTHING_LOSSES)} only, not to {self.loss}"
+            )
 
     @classmethod
     def from_labels(cls, labels: Tensor, num_classes: int, **settings: object) -> UFMProblem:
         """The problem whose class sizes are those of ``labels`` (integers in ``[0, C)``)."""
         counts = torch.bincount(labels.reshape(-1), minlength=num_classes)
         return cls(class_counts=tuple(int(count) for count in counts), **settings)  # type: ignore[arg-type]
+
+    @property
+    def data_loss(self) -> Loss:
+        """The :class:`~ufm_torch.objectives.losses.Loss` that ``loss`` names."""
+        return LOSSES[self.loss]
 
     @property
     def num_classes(self) -> int:
@@ -120,11 +127,12 @@ class UFMProblem:
 
     @property
     def bias_shift_invariant(self) -> bool:
-        """Whether the optimal biases form a line ``b* + t1``: cross-entropy, a bias, ``λ_b = 0``.
+        """Whether the optimal biases form a line ``b* + t1``: a shift-invariant loss (cross-entropy), a bias,
+        ``λ_b = 0``.
 
         Cross-entropy is invariant under ``z ↦ z + t1`` (softmax, and ``1ᵀq_k = 1``), so then nothing fixes t.
         """
-        return self.loss == "cross_entropy" and self.bias and self.lambda_bias == 0
+        return self.data_loss.shift_invariant and self.bias and self.lambda_bias == 0
 
     def class_major_labels(self) -> Tensor:
         """Labels ``0…0 1…1 …`` with ``n_k`` copies of k."""
@@ -182,14 +190,15 @@ class UFMOptimum:
 
 
 class _Reduced(NamedTuple):
-    """The reduced problem's data: weights w_k, √n_k, targets q_k (columns), τ, λ_b and the bias scale σ."""
+    """The reduced problem's data: weights w_k, √n_k, targets q_k (columns), τ, λ_b, the loss (its link and
+    curvature), whether there is a bias, and the bias scale σ."""
 
     weights: Tensor
     sqrt_counts: Tensor
     targets: Tensor
     tau: float
     lambda_bias: float
-    squared: bool
+    loss: Loss
     bias: bool
     bias_scale: float
 
@@ -202,22 +211,21 @@ def _reduced_problem(problem: UFMProblem) -> _Reduced:
     """
     counts = torch.tensor(problem.class_counts, dtype=DTYPE)
     n = problem.num_samples
-    weights = counts if problem.loss == "sum_squared" else counts / n
+    weights = counts / n if problem.data_loss.mean_reduced else counts
     s, c = problem.label_smoothing, problem.num_classes
     targets = (1.0 - s) * torch.eye(c, dtype=DTYPE) + s / c
     lambda_bias = problem.effective_lambda_bias
     total = float(weights.sum())
     bias_scale = math.sqrt((total / n) / (total + lambda_bias))
     tau = math.sqrt(problem.lambda_weight * problem.lambda_features)
-    return _Reduced(
-        weights, counts.sqrt(), targets, tau, lambda_bias, problem.loss != "cross_entropy", problem.bias, bias_scale
-    )
+    return _Reduced(weights, counts.sqrt(), targets, tau, lambda_bias, problem.data_loss, problem.bias, bias_scale)
 
 
 def _smooth_part(reduced: _Reduced, scaled_x: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Value and gradients (in X and in b) of ``Σ_k w_k ℓ(x_k/√n_k + b, e_k) + λ_b/2‖b‖²``."""
+    """Value and gradients (in X and in b) of ``Σ_k w_k ℓ(x_k/√n_k + b, e_k) + λ_b/2‖b‖²``: ``ℓ = ½‖z − e_k‖²`` for a
+    loss of the identity link, ``logsumexp(z) − q_kᵀz`` for the softmax link."""
     logits = scaled_x / reduced.sqrt_counts + bias.unsqueeze(-1)
-    if reduced.squared:
+    if reduced.loss.link is Link.IDENTITY:
         error = logits - torch.eye(logits.shape[-1], dtype=DTYPE)
         value = 0.5 * (reduced.weights * error.square().sum(0)).sum()
         grad_logits = error * reduced.weights
@@ -232,11 +240,12 @@ def _smooth_part(reduced: _Reduced, scaled_x: Tensor, bias: Tensor) -> tuple[Ten
 def _lipschitz_constant(reduced: _Reduced) -> float:
     """A bound on the smooth part's curvature in the metric ``(X, c)``, ``b = σc``.
 
-    The Hessian of ℓ in the logits is ``≤ κI`` (κ = 1 for squared error, ½ for cross-entropy: ``vᵀ(diag p − ppᵀ)v``
-    is a variance, at most ``(max v − min v)²/4 ≤ ‖v‖²/2``). Row j of the logits depends on row j of ``(X, c)``
-    through ``a_k = (e_k/√n_k, σ)``, so the bound is ``λ_max(κ Σ_k w_k a_k a_kᵀ + λ_bσ² e_{C+1}e_{C+1}ᵀ)``.
+    The Hessian of ℓ in the logits is ``≤ κI``, κ the loss's
+    :attr:`~ufm_torch.objectives.losses.Loss.logit_curvature` (1 for squared error, ½ for cross-entropy). Row j of
+    the logits depends on row j of ``(X, c)`` through ``a_k = (e_k/√n_k, σ)``, so the bound is
+    ``λ_max(κ Σ_k w_k a_k a_kᵀ + λ_bσ² e_{C+1}e_{C+1}ᵀ)``.
     """
-    curvature = 1.0 if reduced.squared else 0.5
+    curvature = reduced.loss.logit_curvature
     if not reduced.bias:
         return curvature * float((reduced.weights / reduced.sqrt_counts.square()).max())
     c = reduced.weights.numel()
@@ -324,8 +333,8 @@ def solve_optimum(problem: UFMProblem, tolerance: float = 1e-13, max_iterations:
 def ufm_objective(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, problem: UFMProblem) -> Tensor:
     """``f(W, H, b) = D + λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (module docstring), shape ``(...)``.
 
-    ``features`` ``(..., n, p)``, ``weight`` ``(..., C, p)``, ``bias`` ``(..., C)`` or None (``b = 0``); the
-    squared data terms are those of :data:`ufm_torch.training.losses.LOSSES`, the cross-entropy has label
+    ``features`` ``(..., n, p)``, ``weight`` ``(..., C, p)``, ``bias`` ``(..., C)`` or None (``b = 0``); the data
+    term is the value of ``problem.data_loss`` (:mod:`ufm_torch.objectives.losses`), the cross-entropy with label
     smoothing ``problem.label_smoothing`` (``torch.nn.functional.cross_entropy``'s convention).
     """
     if weight.shape[-2] != problem.num_classes:
@@ -333,10 +342,7 @@ def ufm_objective(features: Tensor, weight: Tensor, bias: Tensor | None, labels:
     logits = features @ weight.transpose(-1, -2)
     if bias is not None:
         logits = logits + bias.unsqueeze(-2)
-    if problem.loss == "cross_entropy":
-        data = cross_entropy(logits, labels, problem.label_smoothing)
-    else:
-        data = LOSSES[problem.loss](logits, labels)
+    data = problem.data_loss.value(logits, labels, problem.label_smoothing)
     penalty = 0.5 * problem.lambda_weight * weight.square().sum((-1, -2))
     penalty = penalty + 0.5 * problem.lambda_features * features.square().sum((-1, -2))
     if bias is not None:
@@ -441,6 +447,17 @@ class _Balanced(NamedTuple):
     value_scale: float
 
 
+def _squared_error_scale(loss: str, num_samples: float) -> float:
+    """The factor between a squared-error problem and its mean-reduced form: n for a summed loss (its closed form
+    is the mean's with every λ divided by n and f* times n, module docstring), 1 for a mean one. A loss that is not
+    a squared error (its link is not the identity) has no closed form here: ``ValueError``."""
+    data_loss = LOSSES.get(loss)
+    if data_loss is None or data_loss.link is not Link.IDENTITY:
+        squared = " or ".join(name for name, known in LOSSES.items() if known.link is Link.IDENTITY)
+        raise ValueError(f"the squared-error closed forms take {squared}, got {loss!r}")
+    return 1.0 if data_loss.mean_reduced else float(num_samples)
+
+
 def _balanced(
     loss: str,
     num_classes: int,
@@ -450,9 +467,7 @@ def _balanced(
     lambda_bias: float,
 ) -> _Balanced:
     """Constants of a balanced problem, N samples per class; ``sum_squared`` maps to the mean with λ/n, f times n."""
-    if loss not in ("sum_squared", "mean_squared"):
-        raise ValueError(f"the squared-error closed forms take sum_squared or mean_squared, got {loss!r}")
-    scale = float(num_classes * samples_per_class) if loss == "sum_squared" else 1.0
+    scale = _squared_error_scale(loss, num_classes * samples_per_class)
     lw, lh = lambda_weight / scale, lambda_features / scale
     beta = math.sqrt(samples_per_class * lw * lh)
     return _Balanced(beta, math.sqrt(samples_per_class * lh / lw), lambda_bias / scale, scale)
@@ -554,11 +569,9 @@ def mse_optimum_imbalanced_without_bias(
     ``f* = Σ_k [min(√n_k, nτ)²/(2n) + τ(√n_k − nτ)₊]``. Balanced, it is Tirer and Bruna's γ(1 − Cβ)₊.
     ``sum_squared``: λ/n, so ``WWᵀ = diag((√(λ_H n_k/λ_W) − λ_H)₊)`` (n drops out), f* times n.
     """
-    if loss not in ("sum_squared", "mean_squared"):
-        raise ValueError(f"the squared-error closed forms take sum_squared or mean_squared, got {loss!r}")
     counts = torch.tensor(class_counts, dtype=DTYPE)
     n = float(counts.sum())
-    scale = n if loss == "sum_squared" else 1.0
+    scale = _squared_error_scale(loss, n)
     lw, lh = lambda_weight / scale, lambda_features / scale
     tau = math.sqrt(lw * lh)
     singular_values = (counts.sqrt() - n * tau).clamp_min(0.0)

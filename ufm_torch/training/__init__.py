@@ -1,1 +1,1 @@
-"""How a network is trained: the LightningModule, its losses, the UFM's objective and the fused closed-form steps."""
+"""How a network is trained: the LightningModule, the fused closed-form steps, step boundaries and precision."""

@@ -1,6 +1,8 @@
 """Full-batch gradient steps on the UFM with the closed-form gradient, many per Lightning batch.
 
-The objective is :class:`ufm_torch.training.objective.Objective`, per replica
+These are the steps of a :class:`~ufm_torch.models.contract.ClosedFormNetwork` (the single-layer UFM), on its
+:meth:`~ufm_torch.models.contract.ClosedFormNetwork.closed_form_features` F and its head's W and b; the trainer
+takes them for such a network only. The objective is :class:`ufm_torch.objectives.ufm.Objective`, per replica
 ``f = D + λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` with D the summed or mean squared error or the (label-smoothed)
 cross-entropy. With the residual ``R = ∂D/∂logits`` (rows are samples: ``Z − Y``, ``(Z − Y)/n`` or
 ``(softmax(Z) − Y_s)/n``) the gradient is ``∇_features = R·W + λ_H F``, ``∇_W = RᵀF + λ_W W``,
@@ -34,9 +36,10 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
-from ufm_torch.models import UnconstrainedFeatures
+from ufm_torch.models import ClosedFormNetwork
+from ufm_torch.objectives.losses import Link
+from ufm_torch.objectives.ufm import PAPER_OBJECTIVE, Objective
 from ufm_torch.training.lightning_steps import count_fused_steps
-from ufm_torch.training.objective import PAPER_OBJECTIVE, Objective
 
 FOLDED_BIAS_LIMIT = 2**20
 """Largest number of entries of ``[F, 1]`` (all replicas) for which plain descent folds the bias into copies of the
@@ -54,7 +57,7 @@ def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> float | Non
 
 @torch.no_grad()
 def closed_form_steps(
-    network: UnconstrainedFeatures,
+    network: ClosedFormNetwork,
     row_labels: Tensor,
     optimizer: LightningOptimizer,
     steps: int,
@@ -66,21 +69,22 @@ def closed_form_steps(
     leave, ``(R, n, C)``.
 
     That state is the one the callbacks see at the block's last step (the divergence guard checks its loss, the
-    collapse monitor reuses the logits). ``row_labels[i]`` is the label of row ``i`` of ``network.features``.
+    collapse monitor reuses the logits). ``row_labels[i]`` is the label of row ``i`` of the features F.
     ``logits``, if given, must be those of the present state: plain descent on a large problem and the other
     optimisers start from them instead of a product, and may overwrite them. Each step is counted by the trainer
     (``global_step``) exactly as a ``LightningOptimizer.step`` would count it. ``through_optimizer`` sends plain
     descent through ``optimizer.step()`` as well (for hooks that must see every optimiser step).
     """
-    targets = objective.targets(row_labels, network.num_classes, network.features.dtype)
+    features = network.closed_form_features()
+    targets = objective.targets(row_labels, network.num_classes, features.dtype)
     step_size = None if through_optimizer else plain_gradient_descent_rate(optimizer.optimizer)
     if step_size is None:
-        logits = network.head(network.features) if logits is None else logits
+        logits = network.head(features) if logits is None else logits
         return optimizer_steps(network, targets, optimizer, steps, logits, objective)
-    if network.features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
+    if features.shape[:-1].numel() * (network.feature_dim + 1) <= FOLDED_BIAS_LIMIT:
         logits = folded_bias_descent(network, targets, steps, step_size, objective)
     else:
-        logits = network.head(network.features) if logits is None else logits
+        logits = network.head(features) if logits is None else logits
         logits = in_place_descent(network, targets, steps, step_size, logits, objective)
     count_fused_steps(optimizer, steps)
     return logits
@@ -92,14 +96,14 @@ def softmax_residual(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def folded_bias_descent(
-    network: UnconstrainedFeatures, targets: Tensor, steps: int, step_size: float,
+    network: ClosedFormNetwork, targets: Tensor, steps: int, step_size: float,
     objective: Objective = PAPER_OBJECTIVE,
 ) -> Tensor:
     """Plain descent on ``F̂ = [F, 1]``, ``Ŵ = [W, b]`` (module docstring; ``F̂ = F``, ``Ŵ = W`` without a bias);
     returns the final logits ``F̂Ŵᵀ``."""
-    features, weight, bias = network.features, network.head.weight, network.head.bias
+    features, weight, bias = network.closed_form_features(), network.head.weight, network.head.bias
     has_bias, feature_dim = network.head.has_bias, features.shape[-1]
-    rate = step_size * objective.residual_scale(features.shape[-2])
+    rate = step_size * objective.data_loss.residual_scale(features.shape[-2])
     feature_keep = 1.0 - step_size * objective.feature_decay
     column_keep = folded_column_keep(weight, step_size, objective, has_bias)
     if has_bias:
@@ -109,7 +113,7 @@ def folded_bias_descent(
     else:
         folded_features, folded_weight, ones_column = features.clone(), weight.clone(), None
     folded_weight_t = folded_weight.transpose(-1, -2)
-    softmax = objective.loss == "cross_entropy"
+    softmax = objective.data_loss.link is Link.SOFTMAX
     targets_t = targets.transpose(-1, -2).contiguous() if softmax else targets
     for _ in range(steps):
         if softmax:
@@ -146,18 +150,18 @@ def folded_column_keep(
 
 
 def in_place_descent(
-    network: UnconstrainedFeatures, targets: Tensor, steps: int, step_size: float, logits: Tensor,
+    network: ClosedFormNetwork, targets: Tensor, steps: int, step_size: float, logits: Tensor,
     objective: Objective = PAPER_OBJECTIVE,
 ) -> Tensor:
     """Plain descent on the parameters themselves, ``F ← (1 − ηλ_H)F − η·RW`` as one GEMM, from the present
     state's ``logits``; returns the final logits (each step's product gives the next step's residual)."""
-    features, weight, bias = network.features, network.head.weight, network.head.bias
+    features, weight, bias = network.closed_form_features(), network.head.weight, network.head.bias
     has_bias = network.head.has_bias
-    rate = step_size * objective.residual_scale(features.shape[-2])
+    rate = step_size * objective.data_loss.residual_scale(features.shape[-2])
     feature_keep = 1.0 - step_size * objective.feature_decay
     classifier_keep = 1.0 - step_size * objective.classifier_decay
     bias_keep = 1.0 - step_size * objective.bias_decay
-    softmax = objective.loss == "cross_entropy"
+    softmax = objective.data_loss.link is Link.SOFTMAX
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
         residual = softmax_residual(logits, targets) if softmax else logits.sub_(targets)
@@ -176,19 +180,19 @@ def in_place_descent(
 
 
 def optimizer_steps(
-    network: UnconstrainedFeatures, targets: Tensor, optimizer: LightningOptimizer, steps: int, logits: Tensor,
+    network: ClosedFormNetwork, targets: Tensor, optimizer: LightningOptimizer, steps: int, logits: Tensor,
     objective: Objective = PAPER_OBJECTIVE,
 ) -> Tensor:
     """Closed-form gradients in ``.grad``, then ``optimizer.step()`` (Lightning's public step: the precision plugin,
     the ``on_before_optimizer_step`` hooks, the step count), from the present state's ``logits``; returns the final
     logits. A bias-free head's bias buffer gets no gradient."""
-    features, weight, bias = network.features, network.head.weight, network.head.bias
+    features, weight, bias = network.closed_form_features(), network.head.weight, network.head.bias
     has_bias = network.head.has_bias
-    scale = objective.residual_scale(features.shape[-2])
+    scale = objective.data_loss.residual_scale(features.shape[-2])
     feature_decay, classifier_decay, bias_decay = (
         objective.feature_decay, objective.classifier_decay, objective.bias_decay
     )
-    softmax = objective.loss == "cross_entropy"
+    softmax = objective.data_loss.link is Link.SOFTMAX
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
         residual = softmax_residual(logits, targets) if softmax else logits.sub_(targets)

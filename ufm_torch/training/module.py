@@ -9,10 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from ufm_torch.metrics.tags import LOSS_TAG, TRAIN_ACCURACY_TAG
-from ufm_torch.models import default_loss_name, has_free_features
+from ufm_torch.models import Network, default_loss_name, has_closed_form
+from ufm_torch.objectives.ufm import Objective
 from ufm_torch.training.fused_descent import closed_form_steps
 from ufm_torch.training.lightning_steps import sees_every_optimizer_step
-from ufm_torch.training.objective import Objective
 from ufm_torch.training.step_boundaries import steps_until_boundary
 
 StepOutput = dict[str, Tensor]
@@ -23,16 +23,16 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LR
 
 
 class CollapseModule(L.LightningModule):
-    """Trains ``network`` (exposing ``head``, ``forward_features`` and ``forward``) against one-hot labels.
+    """Trains ``network`` (a :class:`ufm_torch.models.Network`) against one-hot labels.
 
-    Objective (:class:`ufm_torch.training.objective.Objective`), per replica::
+    Objective (:class:`ufm_torch.objectives.ufm.Objective`), per replica::
 
         f(W, H, b) = D(W, H, b) + λ_W/2 ‖W‖²_F + λ_H/2 ‖H‖²_F + λ_b/2 ‖b‖²
 
-    ``loss`` names the data term D, one of :data:`ufm_torch.training.losses.LOSSES` (None:
+    ``loss`` names the data term D, one of :data:`ufm_torch.objectives.losses.LOSSES` (None:
     :func:`default_loss_name`); ``label_smoothing`` is s for ``cross_entropy``; ``feature_decay`` λ_H,
     ``classifier_decay`` λ_W and ``bias_decay`` λ_b default to 0 (f = D). On the UFM the feature penalty covers all
-    of H (every row of ``network.features``); on a backbone it covers the batch's penultimate features
+    of H (every row of ``network.closed_form_features()``); on a backbone it covers the batch's penultimate features
     ``network.forward_features(inputs)`` (Zhu et al. 2021's feature decay), which the head then maps to the logits
     (a minibatch of B of n samples thus carries ``λ_H/2‖H_B‖²_F``, in expectation ``(B/n)·λ_H/2‖H‖²_F``).
     A bias-free head (``head.has_bias`` False) has b ≡ 0 and no λ_b term. The optimiser's own ``weight_decay``
@@ -54,8 +54,9 @@ class CollapseModule(L.LightningModule):
     0.65 ms a call on this project's CPU machine, Lightning issue #20388: the two calls took 1.3 ms, against 1.9 ms
     for the rest of a 30-replica fused block of 20 steps).
 
-    Backbones train with Lightning's automatic optimisation. The UFM on full batches (every loss, decay and bias
-    setting) takes up to ``fused_steps`` closed-form gradient steps per batch
+    A network without a closed form (a backbone, any network that is not a
+    :class:`~ufm_torch.models.ClosedFormNetwork`) trains with Lightning's automatic optimisation. The UFM on full
+    batches (every loss, decay and bias setting) takes up to ``fused_steps`` closed-form gradient steps per batch
     (:mod:`ufm_torch.training.fused_descent`), stopping at every step a callback must see
     (:mod:`ufm_torch.training.step_boundaries`); ``global_step`` counts each. The logits of the state a block leaves
     are kept: :meth:`current_logits` hands them to the collapse monitor (no forward pass at an evaluation) and the
@@ -64,7 +65,7 @@ class CollapseModule(L.LightningModule):
 
     def __init__(
         self,
-        network: nn.Module,
+        network: Network,
         optimizer: OptimizerFactory,
         loss: str | None = None,
         fused_steps: int = 1000,
@@ -83,7 +84,7 @@ class CollapseModule(L.LightningModule):
         self.loss_name = loss
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] = self.objective.data_term
         self.fused_steps = fused_steps
-        self.automatic_optimization = not has_free_features(network)
+        self.automatic_optimization = not has_closed_form(network)
         self.block_logits: tuple[tuple[int, ...], Tensor] | None = None
 
     @property
@@ -119,7 +120,7 @@ class CollapseModule(L.LightningModule):
             logits = self.network.head(features)
             return self._step_output(self.objective_value(logits, labels, features), logits, labels)
         optimizer = self.optimizers()
-        features = self.network.features
+        features = self.network.closed_form_features()
         if inputs.shape[0] == features.shape[-2]:
             row_labels = torch.empty_like(labels).index_copy_(0, inputs, labels)
             steps = steps_until_boundary(self.trainer, self.fused_steps)

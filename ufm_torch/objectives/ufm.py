@@ -8,13 +8,14 @@ The paper's risk (Mixon, Parshall and Pi, Sections 2–3) is ``R = ½‖WH + b1�
 
     f(W, H, b) = D(W, H, b) + λ_W/2 ‖W‖²_F + λ_H/2 ‖H‖²_F + λ_b/2 ‖b‖²
 
-with the data term ``D`` of ``module.loss`` (:data:`ufm_torch.training.losses.LOSSES`): ``sum_squared`` (R itself,
+with the data term ``D`` of ``module.loss`` (:data:`ufm_torch.objectives.losses.LOSSES`): ``sum_squared`` (R itself,
 the UFM's default), ``mean_squared`` (R/n) or ``cross_entropy`` (the mean over samples, with label smoothing s).
 The mean-reduced objective with weight decay on W and b and *feature decay* λ_H on H is the regularised UFM of Zhu
 et al. 2021 ("A geometric analysis of neural collapse with unconstrained features"); with ``sum_squared``
 and no decay it is the paper's R. ``n = Σ_k n_k`` counts all samples; classes may be imbalanced.
 
-Closed-form gradient, with the residual ``R = ∂D/∂logits`` of shape ``(n, C)`` (rows are samples)::
+Closed-form gradient, with the residual ``R = ∂D/∂logits`` of shape ``(n, C)`` (rows are samples; the loss's
+:meth:`~ufm_torch.objectives.losses.Loss.residual`)::
 
     ∇_features = R·W + λ_H F,    ∇_W = Rᵀ F + λ_W W,    ∇_b = Rᵀ1 + λ_b b
 
@@ -30,14 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ufm_torch.training.losses import (
-    LOSSES,
-    MEAN_REDUCED,
-    cross_entropy,
-    logit_residual,
-    one_hot_targets,
-    smoothed_targets,
-)
+from ufm_torch.objectives.losses import LABEL_SMOOTHING_LOSSES, LOSSES, Loss, one_hot_targets, smoothed_targets
 
 
 def residual(features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
@@ -51,9 +45,7 @@ def ufm_risk(features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> 
     return 0.5 * residual(features, weight, bias, labels).square().sum(dim=(-1, -2))
 
 
-def ufm_gradients(
-    features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def ufm_gradients(features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Closed-form gradient of ``R``: ``∇_H = WᵀA``, ``∇_W = AHᵀ``, ``∇_b = A1`` (Mixon et al., Section 3).
 
     Returned in the row convention: ``(∇_H)ᵀ`` of shape ``(..., n, p)``, ``∇_W`` ``(..., C, p)``,
@@ -87,22 +79,24 @@ class Objective:
             raise ValueError(f"module.loss={self.loss!r} is not one of {sorted(LOSSES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"module.label_smoothing={self.label_smoothing} must lie in [0, 1)")
-        if self.label_smoothing and self.loss != "cross_entropy":
-            raise ValueError(f"module.label_smoothing applies to cross_entropy only, not to {self.loss}")
+        if self.label_smoothing and not self.data_loss.supports_label_smoothing:
+            raise ValueError(
+                f"module.label_smoothing applies to {' or '.join(LABEL_SMOOTHING_LOSSES)} only, not to {self.loss}"
+            )
         for name in ("feature_decay", "classifier_decay", "bias_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"module.{name}={value} must be a finite number >= 0")
 
     @property
+    def data_loss(self) -> Loss:
+        """The :class:`~ufm_torch.objectives.losses.Loss` that ``loss`` names: D's value, residual and reduction."""
+        return LOSSES[self.loss]
+
+    @property
     def is_regularised(self) -> bool:
         """Whether any decay is non-zero (otherwise f = D)."""
         return bool(self.feature_decay or self.classifier_decay or self.bias_decay)
-
-    def residual_scale(self, num_samples: int) -> float:
-        """The factor of ``R = ∂D/∂logits`` in front of ``Z − Y`` (or ``softmax(Z) − Y_s``): 1/n for the
-        mean-reduced losses, 1 for ``sum_squared``."""
-        return 1.0 / num_samples if self.loss in MEAN_REDUCED else 1.0
 
     def targets(self, labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
         """Rows of ``Y`` (or of the smoothed ``Y_s`` for the cross-entropy), shape ``(n, C)``."""
@@ -110,9 +104,7 @@ class Objective:
 
     def data_term(self, logits: Tensor, labels: Tensor) -> Tensor:
         """``D`` per replica from the logits ``(..., n, C)``."""
-        if self.loss == "cross_entropy":
-            return cross_entropy(logits, labels, self.label_smoothing)
-        return LOSSES[self.loss](logits, labels)
+        return self.data_loss.value(logits, labels, self.label_smoothing)
 
     def penalty(self, features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (only the non-zero terms are computed)."""
@@ -140,7 +132,7 @@ class Objective:
         if bias is not None:
             logits = logits + bias.unsqueeze(-2)
         targets = self.targets(labels, weight.shape[-2], logits.dtype)
-        rows = logit_residual(self.loss, logits, targets)
+        rows = self.data_loss.residual(logits, targets)
         grad_features = rows @ weight + self.feature_decay * features
         grad_weight = rows.transpose(-1, -2) @ features + self.classifier_decay * weight
         grad_bias = None if bias is None else rows.sum(dim=-2) + self.bias_decay * bias
