@@ -1,5 +1,11 @@
-"""The theory: closed forms of Mixon, Parshall and Pi (Lemma 4, Theorems 2 and 3) and gradient-flow integrators."""
+"""The theory: closed forms of Mixon, Parshall and Pi (Lemma 4, Theorems 2 and 3), gradient-flow integrators, the
+global optimum of the regularised UFM (optimum.py), of the deep UFM (deep_linear.py: Dang et al. 2023; deep_relu.py:
+Súkeník et al. 2023, and the DNC reference of Súkeník et al. 2024) and the softmax-code solver (softmax_code.py:
+Jiang et al. 2024)."""
 
+from ufm_torch.theory.deep_linear import deep_linear_optimum
+from ufm_torch.theory.deep_problem import DeepUFMOptimum, DeepUFMProblem, OracleAssumptionError, deep_ufm_objective
+from ufm_torch.theory.deep_relu import dnc_point, dnc_scales, relu_dnc_reference, relu_two_class_optimum
 from ufm_torch.theory.gradient_flow import (
     FlowState,
     Theorem2Projections,
@@ -39,10 +45,15 @@ from ufm_torch.theory.optimum import (
     solve_optimum,
     ufm_objective,
 )
+from ufm_torch.theory.softmax_code import SoftmaxCode, softmax_code
 
 __all__ = [
     "ClosedFormOptimum",
+    "DeepUFMOptimum",
+    "DeepUFMProblem",
     "FlowState",
+    "OracleAssumptionError",
+    "SoftmaxCode",
     "Theorem2Projections",
     "UFMOptimum",
     "UFMProblem",
@@ -50,6 +61,10 @@ __all__ = [
     "class_mean_gram",
     "classifier_gram_error",
     "cross_entropy_optimum",
+    "deep_linear_optimum",
+    "deep_ufm_objective",
+    "dnc_point",
+    "dnc_scales",
     "feature_gram_error",
     "gradient_descent",
     "gradient_descent_snc3_error",
@@ -66,6 +81,9 @@ __all__ = [
     "optimum_metrics",
     "pair_norm",
     "point_on_S",
+    "relu_dnc_reference",
+    "relu_two_class_optimum",
+    "softmax_code",
     "solve_optimum",
     "strong_collapse_gram",
     "theorem2_bias",
