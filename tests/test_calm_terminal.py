@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import UFM_TRAIN
+from tests.helpers import UFM_TRAIN, fit_in_process
 from ufm_torch.callbacks import CollapseMonitor
 from ufm_torch.cli.process import LIBRARY_WARNINGS, no_product_tips, quiet_library_warnings
 from ufm_torch.metrics import CollapseMetricWarning
@@ -84,3 +84,14 @@ def test_library_warnings_are_silenced_in_the_processes_a_run_starts(monkeypatch
     assert "Invalid -W option" not in child.stderr
     assert "LeafSpec" not in child.stderr and "many workers" not in child.stderr
     assert "a warning of our own" in child.stderr, "only the listed warnings are silenced"
+
+
+def test_a_full_batch_ufm_resumes_mid_epoch_without_lightnings_warning(tmp_path: Path) -> None:
+    """The full batch is the same at every position of an epoch: Lightning's "dataloader is not resumable" warning
+    would be wrong (the resume is bit-exact), so ``RepeatedBatch`` has a state and it is not printed."""
+    short = ("callbacks.progress.refresh_rate=0", "logger=none", "module.fused_steps=5")
+    fit_in_process(tmp_path, *short, "trainer.max_steps=20")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_in_process(tmp_path, *short, "trainer.max_steps=40", "ckpt_path=last")
+    assert not [w for w in caught if "not resumable" in str(w.message)]

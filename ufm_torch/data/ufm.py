@@ -43,6 +43,15 @@ class RepeatedBatch:
     def __len__(self) -> int:
         return self.length
 
+    def state_dict(self) -> dict[str, int]:
+        """Nothing: every item is the same full batch, so a resumed run trains on exactly what it would have trained
+        on at any position of the epoch (a UFM's resume is bit-exact: ``tests/test_reliability.py``). Having a state
+        is what tells Lightning that the loader resumes, instead of its warning that a mid-epoch resume may differ."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to restore (:meth:`state_dict`)."""
+
 
 class UFMDataModule(L.LightningDataModule):
     """The UFM's training set: all ``n = Σ_k n_k`` (index, label) pairs, ``n = C·N`` when balanced.
