@@ -54,6 +54,7 @@ reproduce: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_train_step
 	$(BIN)/python -m benchmarks.bench_regularized_step
+	$(BIN)/python -m benchmarks.bench_regularized_experiment
 	$(BIN)/python -m benchmarks.bench_large_ufm
 	$(BIN)/python -m benchmarks.bench_metrics
 	$(BIN)/python -m benchmarks.bench_monitor

@@ -8,6 +8,10 @@ same steps with the closed-form gradient ∇_H = WᵀA + λ_H H, ∇_W = AHᵀ +
 ``build_and_fit`` with its default callbacks and logger (the collapse monitor, and with λ_W, λ_H > 0 the global
 optimum it solves once and compares with at each evaluation). Prints the ratios (framework time per replica-step) /
 (numpy time per step): target ≤ 3 for one replica, ≤ 0.15 for 64.
+
+Then the per-replica mode (issue 24): the same 64 replicas with a different λ in every one (λ_H from λ_H/2 to 2λ_H
+and λ_W = λ_H per replica, ``module.classifier_decay=${module.feature_decay}``: 64 replica groups, per-replica factors
+in every fused step and 64 optima) against one λ, timed alternately in the same run: target ≤ 1.10.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import argparse
 
 import numpy as np
 
-from benchmarks.common import best_time, print_replica_step_ratios, single_thread
+from benchmarks.common import best_time, print_replica_step_ratios, single_thread, train_with_ufm_train
 
 NUM_CLASSES, SAMPLES_PER_CLASS, FEATURE_DIM, LEARNING_RATE = 4, 5, 8, 0.5
 FEATURE_DECAY, CLASSIFIER_DECAY, BIAS_DECAY, LABEL_SMOOTHING = 1e-3, 5e-3, 1e-3, 0.1
@@ -62,20 +66,55 @@ def ufm_train_overrides(loss: str, steps: int, replicas: int) -> list[str]:
     ]
 
 
+PER_REPLICA_TARGET = 1.10
+"""A λ per replica costs at most 10% more than one λ (issue 24)."""
+
+
+def per_replica_lambdas(replicas: int) -> list[str]:
+    """Overrides giving each of ``replicas`` copies its own λ_H (geometric, λ_H/2 to 2λ_H), λ_W = λ_H per replica."""
+    values = np.geomspace(FEATURE_DECAY / 2, 2 * FEATURE_DECAY, replicas)
+    listed = ",".join(f"{value:.6g}" for value in values)
+    return ["model.replicas=1", f"module.feature_decay=[{listed}]", "module.classifier_decay=${module.feature_decay}"]
+
+
+def print_per_replica_ratio(loss: str, steps: int, replicas: int = 64, repeats: int = 3) -> None:
+    """Time ``replicas`` replicas with one λ and with a λ per replica, alternately (best of ``repeats`` each), and
+    print the cost per replica-step of each and their ratio against :data:`PER_REPLICA_TARGET`."""
+    one = ufm_train_overrides(loss, steps, replicas)
+    each = one + per_replica_lambdas(replicas)
+    times: dict[str, list[float]] = {"one": [], "each": []}
+    for _ in range(repeats):
+        for name, overrides in (("one", one), ("each", each)):
+            times[name].append(train_with_ufm_train(*overrides))
+    one_time, each_time = min(times["one"]), min(times["each"])
+    ratio = each_time / one_time
+    verdict = "meets" if ratio <= PER_REPLICA_TARGET else "misses"
+    print(
+        f"{loss}: {replicas} replicas, one λ {one_time / (steps * replicas) * 1e6:.2f} us/replica-step, a λ per "
+        f"replica {each_time / (steps * replicas) * 1e6:.2f} us/replica-step, ratio {ratio:.3f} "
+        f"(target <= {PER_REPLICA_TARGET}: {verdict})"
+    )
+
+
 def main() -> None:
     """Measure and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--loss", choices=sorted(SETTINGS), nargs="*", default=list(SETTINGS))
+    parser.add_argument("--per-replica-only", action="store_true", help="only the λ-per-replica mode against one λ")
     args = parser.parse_args()
     single_thread()
     for loss in args.loss:
+        if args.per_replica_only:
+            print_per_replica_ratio(loss, args.steps)
+            continue
         numpy_per_step = best_time(lambda loss=loss: numpy_regularised_descent(loss, args.steps)) / args.steps
         print(f"{loss}: numpy loop {numpy_per_step * 1e6:.2f} us/step")
         print_replica_step_ratios(
             f"{loss}: ", numpy_per_step, args.steps, {1: 3.0, 64: 0.15},
             lambda replicas, loss=loss: ufm_train_overrides(loss, args.steps, replicas),
         )  # fmt: skip
+        print_per_replica_ratio(loss, args.steps)
 
 if __name__ == "__main__":
     main()

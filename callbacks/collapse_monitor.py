@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ufm_torch.errors import ConfigError
+from ufm_torch.hyperparameters import STEP_SIZE_KEY
 from ufm_torch.metrics import CollapseMetricWarning, centred_mean_directions
 from ufm_torch.metrics.layers import BATCH_KEYS, FeatureMap, default_classifier, find_module, is_linear_classifier
 from ufm_torch.metrics.network import (
@@ -28,17 +29,19 @@ from ufm_torch.metrics.network import (
     TRAIN,
     MeasurementPlan,
     NetworkMeasurement,
+    free_layer_names,
     measure_free_features,
+    measure_free_layers,
     measure_layers,
 )
 from ufm_torch.metrics.schedule import evaluation_steps
 from ufm_torch.metrics.statistics import ClassLabels, class_labels
 from ufm_torch.metrics.tags import GRAM_IMAGE_TAG
-from ufm_torch.models import ClosedFormNetwork, ReplicaIdentity, has_closed_form
+from ufm_torch.models import ClosedFormNetwork, ReplicaIdentity, has_closed_form, has_free_layers
 from ufm_torch.run_folder.event_files import truncate_tree
 from ufm_torch.run_folder.layout import METRICS_FILE
 from ufm_torch.run_folder.metrics_log import MetricsLog
-from ufm_torch.run_folder.names import measurement_run_name, replica_run_name
+from ufm_torch.run_folder.names import measurement_run_name, replica_run_names
 from ufm_torch.run_folder.tensorboard import (
     add_image,
     add_scalar_rows,
@@ -46,11 +49,15 @@ from ufm_torch.run_folder.tensorboard import (
     open_replica_writers,
     write_hparams,
 )
-from ufm_torch.theory.optimum import UFMOptimum, UFMProblem, optimum_metrics, solve_optimum
+from ufm_torch.theory.deep_oracle import deep_ufm_oracle
+from ufm_torch.theory.deep_problem import DeepUFMOptimum, OracleAssumptionError
+from ufm_torch.theory.optimum import OptimumBatch, UFMProblem, optimum_metrics, solve_optima
 from ufm_torch.training.module import CollapseModule
 
 TENSORBOARD_FLUSH_SECONDS = 2.0
 """The replica runs reach TensorBoard at most this long after an evaluation (and all of them at the end)."""
+GRAM_IMAGE_GROUPS = 8
+"""The most replica groups whose first copy gets Gram-matrix images."""
 
 
 class CollapseMonitor(L.Callback):
@@ -77,7 +84,8 @@ class CollapseMonitor(L.Callback):
     **Where.** Each evaluation goes to ``metrics.jsonl`` in ``output_dir`` (default: the trainer's ``log_dir``):
     one record per replica, layer and split, with ``layer`` (the module name) and ``split`` (``train`` or
     ``heldout``) next to ``step``; to one TensorBoard run per replica, layer and split under the TensorBoard logger's
-    folder (``backbone``, ``backbone/layer=<name>``, ``backbone/heldout``; a UFM's ``eps=<ε>/rep=<k>``), each holding
+    folder (``backbone``, ``backbone/layer=<name>``, ``backbone/heldout``; a UFM's ``eps=<ε>/rep=<k>``, or
+    ``lam_W=0.01/lam_H=0.02/rep=<k>`` for replicas with their own hyperparameters), each holding
     the same tags, so one Custom Scalars chart per metric has one line per layer and split; and to any other logger
     as ``<tag>/<run>``, always at the true ``global_step`` whatever ``log_every_n_steps`` is. Gram-matrix images (first
     copy of each init scale) are added at ``gram_images`` evaluations spread over the schedule. The runs are flushed
@@ -134,10 +142,13 @@ class CollapseMonitor(L.Callback):
         self.writers: list[Any] = []
         self.run_names: list[str] = []
         self.identities: list[ReplicaIdentity] = []
+        self.identity_fields: list[dict[str, Any]] = []
         self.last_records: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.class_means: Tensor | None = None
-        self.optimum: UFMOptimum | None = None
+        self.optimum: ReplicaOptima | None = None
+        self.deep_optimum: DeepUFMOptimum | None = None
+        self.free_layers = False
         self.labels: ClassLabels | None = None
         self.undefined: dict[str, int] = {}
 
@@ -156,6 +167,7 @@ class CollapseMonitor(L.Callback):
         (``ufm-train`` calls this before the run folder changes)."""
         network = measured_network(pl_module)
         self.closed_form = has_closed_form(network)
+        self.free_layers = has_free_layers(network)
         classifier = self.classifier or default_classifier(pl_module)
         head = None if classifier is None else find_module(pl_module, classifier, "classifier")
         if head is not None and not is_linear_classifier(head):
@@ -198,12 +210,20 @@ class CollapseMonitor(L.Callback):
         self.image_steps = {steps[i] for i in picks.tolist()} if self.gram_images else set()
         network = measured_network(pl_module)
         self.identities = replica_identities(network)
+        self.identity_fields = [identity_fields(identity) for identity in self.identities]
         if self.closed_form:
             labels = trainer.datamodule.labels.to(network.closed_form_features().device)
             self.labels = class_labels(labels, labels.shape[0], self.plan.num_classes)
             self.optimum = global_optimum(pl_module, trainer.datamodule)
+        elif self.free_layers:
+            labels = trainer.datamodule.labels.to(network.free_layers().features.device)
+            self.labels = class_labels(labels, labels.shape[0], self.plan.num_classes)
+            self.deep_optimum = deep_optimum(pl_module, trainer.datamodule)
         entries = self.measured_entries(trainer)
-        replica_runs = [replica_run_name(identity.init_scale, identity.copy) for identity in self.identities]
+        replica_runs = replica_run_names(
+            [identity.init_scale for identity in self.identities], [identity.copy for identity in self.identities],
+            [identity.hyperparameters for identity in self.identities],
+        )  # fmt: skip
         main = self.plan.layers[0]
         self.run_names = [
             measurement_run_name(run, layer, split, main) for layer, split in entries for run in replica_runs
@@ -219,6 +239,9 @@ class CollapseMonitor(L.Callback):
 
     def measured_entries(self, trainer: L.Trainer) -> list[tuple[str, str]]:
         """``(layer, split)`` of every measurement of an evaluation, in the order of :class:`NetworkMeasurement`."""
+        if self.free_layers:
+            network = measured_network(trainer.lightning_module)
+            return [(layer, TRAIN) for layer in free_layer_names(network, self.plan.layers[0])]
         splits = [TRAIN] if self.closed_form or self.heldout_loader(trainer) is None else [TRAIN, HELDOUT]
         return [(layer, split) for split in splits for layer in self.plan.layers]
 
@@ -301,6 +324,14 @@ class CollapseMonitor(L.Callback):
             if self.optimum is not None:
                 measurement.values.update(distances_to_optimum(network, trainer.datamodule.labels, self.optimum))
             return measurement
+        if self.free_layers:
+            network = pl_module.network
+            measurement = measure_free_layers(network, self.labels, self.plan.layers[0], pl_module.objective_value)
+            if self.deep_optimum is not None:
+                features, weights, _ = network.free_layers()
+                distances = self.deep_optimum.metrics(features, weights, self.labels.labels)
+                measurement.values.update({tag: value.to(torch.float64) for tag, value in distances.items()})
+            return measurement
         objective = pl_module.objective_value if isinstance(pl_module, CollapseModule) else None
         return measure_layers(
             pl_module, self.plan, self.training_loader(trainer), self.heldout_loader(trainer), objective
@@ -322,11 +353,8 @@ class CollapseMonitor(L.Callback):
             nan = torch.full_like(next(iter(entry.values.values())), torch.nan)
             rows = torch.stack([entry.values.get(tag, nan) for tag in tags], dim=-1).cpu().tolist()
             measured = [column for column, tag in enumerate(tags) if tag in entry.values]
-            for r, (identity, row) in enumerate(zip(self.identities, rows, strict=True)):
-                record = {
-                    "step": step, "replica": r, "init_scale": identity.init_scale, "copy": identity.copy,
-                    "seed": identity.seed, "layer": entry.layer, "split": entry.split,
-                }  # fmt: skip
+            for r, (fields, row) in enumerate(zip(self.identity_fields, rows, strict=True)):
+                record = {"step": step, "replica": r} | fields | {"layer": entry.layer, "split": entry.split}
                 records.append(record | {tags[column]: row[column] for column in measured})
                 table.append(row)
         self.metrics_log.write(records)
@@ -371,8 +399,11 @@ class CollapseMonitor(L.Callback):
 
     def _add_gram_images(self, records: list[dict], step: int) -> None:
         """M̃ᵀM̃ (from the class means of this evaluation) next to the simplex ETF, in the run of the first copy of
-        each init scale."""
+        each replica group (ε and hyperparameters), at most :data:`GRAM_IMAGE_GROUPS` groups spread over them."""
         first_copies = [r for r, record in enumerate(records) if record["copy"] == 0]
+        if len(first_copies) > GRAM_IMAGE_GROUPS:
+            picks = torch.linspace(0, len(first_copies) - 1, GRAM_IMAGE_GROUPS).round().long().tolist()
+            first_copies = [first_copies[pick] for pick in picks]
         directions = centred_mean_directions(self.class_means[first_copies])
         grams = directions @ directions.transpose(-1, -2)
         for replica, gram in zip(first_copies, grams.cpu().numpy(), strict=True):
@@ -380,8 +411,9 @@ class CollapseMonitor(L.Callback):
             add_image(self.writers[replica], GRAM_IMAGE_TAG, image, step)
 
     def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Per replica run: hyperparameters (ε, seed, C, N, p, lr, optimiser, command-line overrides) against its
-        final metrics, so that the HPARAMS tab of a sweep folder compares the swept values."""
+        """Per replica run: hyperparameters (ε, seed, C, N, p, lr, optimiser, command-line overrides, and the
+        replica's own values of the per-replica keys) against its final metrics, so that the HPARAMS tab of a sweep
+        folder compares the swept values."""
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         classifier = find_module(pl_module, self.plan.classifier, "classifier") if self.plan.classifier else None
         shared = {
@@ -390,11 +422,13 @@ class CollapseMonitor(L.Callback):
             "bias": bool(getattr(classifier, "has_bias", getattr(classifier, "bias", None) is not None)),
             "feature_dim": int(self.class_means.shape[-1]) if self.class_means is not None else 0,
             "optimizer": type(optimizer).__name__ if optimizer else "none",
-            "lr": float(optimizer.param_groups[0]["lr"]) if optimizer else 0.0,
+            "lr": hparam_value(optimizer.param_groups[0]["lr"]) if optimizer else 0.0,
         } | command_line_overrides()
-        for writer, record in zip(self.writers, self.last_records, strict=False):
+        for writer, record, identity in zip(self.writers, self.last_records, self.identities, strict=False):
             final = {k: v for k, v in record.items() if "/" in k and v is not None}
-            hyper = shared | {
+            own = dict(identity.hyperparameters)
+            hyper = shared | own | {
+                "lr": own.get(STEP_SIZE_KEY, shared["lr"]),
                 "init_scale": record["init_scale"] if record["init_scale"] is not None else "none",
                 "seed": str(record["seed"]),
                 "replica": record["replica"],
@@ -405,6 +439,13 @@ class CollapseMonitor(L.Callback):
 def measured_network(pl_module: L.LightningModule) -> nn.Module:
     """The network a ufm-torch ``CollapseModule`` trains (``pl_module.network``), or the LightningModule itself."""
     return pl_module.network if isinstance(pl_module, CollapseModule) else pl_module
+
+
+def identity_fields(identity: ReplicaIdentity) -> dict[str, Any]:
+    """What a record of ``metrics.jsonl`` says of its replica: ``init_scale``, ``copy``, ``seed`` and one field per
+    per-replica hyperparameter that varies, named by its key (``module.classifier_decay``)."""
+    fields = {"init_scale": identity.init_scale, "copy": identity.copy, "seed": identity.seed}
+    return fields | dict(identity.hyperparameters)
 
 
 def replica_identities(network: nn.Module) -> list[ReplicaIdentity]:
@@ -438,28 +479,82 @@ def command_line_overrides() -> dict[str, str]:
     return {key: value for key, _, value in overrides if key not in ("hydra.run.dir", "hydra.sweep.dir")}
 
 
-def global_optimum(pl_module: CollapseModule, datamodule: L.LightningDataModule) -> UFMOptimum | None:
-    """The global optimum of the UFM objective ``pl_module`` trains (:mod:`ufm_torch.theory.optimum`): its loss,
-    decays, label smoothing and bias, and the class sizes of ``datamodule.labels``. None unless λ_W > 0 and λ_H > 0
-    and p ≥ C (the config checks warn about p < C)."""
-    network = pl_module.network
-    decays = (pl_module.classifier_decay, pl_module.feature_decay)
-    if min(decays) <= 0 or network.feature_dim < network.num_classes:
+class ReplicaOptima(NamedTuple):
+    """The global optima of the replicas that have one (λ_W > 0 and λ_H > 0): their indices ``(R',)`` and their
+    optima, one per replica (:class:`~ufm_torch.theory.optimum.OptimumBatch`)."""
+
+    replicas: Tensor
+    optimum: OptimumBatch
+
+
+def deep_optimum(pl_module: CollapseModule, datamodule: L.LightningDataModule) -> DeepUFMOptimum | None:
+    """The deep oracle of a deep UFM (:func:`~ufm_torch.theory.deep_oracle.deep_ufm_oracle`: the closed form, the
+    two-class ReLU optimum or the DNC reference) when every decay is > 0, else None. Where its assumptions fail
+    (another loss, a bias, imbalanced ReLU classes, …) it says so in one line, once, and no ``optimum/*`` metric is
+    logged."""
+    network, deep = pl_module.network, pl_module.deep_objective
+    objective = deep.objective
+    if min(objective.feature_decay, *deep.layer_decays(network.depth)) <= 0:
         return None
-    problem = UFMProblem.from_labels(
-        datamodule.labels, network.num_classes, loss=pl_module.loss_name, feature_dim=network.feature_dim,
-        lambda_weight=pl_module.classifier_decay, lambda_features=pl_module.feature_decay,
-        lambda_bias=pl_module.bias_decay, bias=network.head.has_bias, label_smoothing=pl_module.label_smoothing,
-    )  # fmt: skip
-    return solve_optimum(problem)
+    counts = torch.bincount(datamodule.labels.reshape(-1).cpu(), minlength=network.num_classes)
+    try:
+        return deep_ufm_oracle(
+            tuple(int(count) for count in counts), network.free_feature_dim, network.width, network.depth,
+            objective.feature_decay, deep.hidden, objective.classifier_decay, network.activation, objective.data_loss,
+            network.head.has_bias,
+        )  # fmt: skip
+    except OracleAssumptionError as error:
+        rank_zero_info(f"ufm-train: no optimum/* metrics: {error}")
+        return None
 
 
-def distances_to_optimum(network: ClosedFormNetwork, labels: Tensor, optimum: UFMOptimum) -> dict[str, Tensor]:
+def global_optimum(pl_module: CollapseModule, datamodule: L.LightningDataModule) -> ReplicaOptima | None:
+    """The global optimum of the UFM objective each replica of ``pl_module`` trains (:mod:`ufm_torch.theory.optimum`):
+    its loss, its own decays and label smoothing, the bias, and the class sizes of ``datamodule.labels``; each
+    distinct setting solved once (:func:`~ufm_torch.theory.optimum.solve_optima`: closed forms where they apply, the
+    batched solver otherwise). The replicas with λ_W > 0 and λ_H > 0 have one; None when none has, or p < C (the
+    config checks warn about p < C)."""
+    network, objective = pl_module.network, pl_module.objective
+    if network.feature_dim < network.num_classes:
+        return None
+    settings = {
+        name: values_of_replicas(getattr(objective, name), network.num_replicas)
+        for name in ("classifier_decay", "feature_decay", "bias_decay", "label_smoothing")
+    }
+    replicas = [r for r in range(network.num_replicas)
+                if settings["classifier_decay"][r] > 0 and settings["feature_decay"][r] > 0]  # fmt: skip
+    if not replicas:
+        return None
+    counts = torch.bincount(datamodule.labels.reshape(-1).cpu(), minlength=network.num_classes)
+    problems = [
+        UFMProblem(
+            loss=pl_module.loss_name, class_counts=tuple(int(count) for count in counts),
+            feature_dim=network.feature_dim, lambda_weight=settings["classifier_decay"][r],
+            lambda_features=settings["feature_decay"][r], lambda_bias=settings["bias_decay"][r],
+            bias=network.head.has_bias, label_smoothing=settings["label_smoothing"][r],
+        )
+        for r in replicas
+    ]
+    return ReplicaOptima(torch.tensor(replicas), solve_optima(problems))
+
+
+def values_of_replicas(value: float | tuple[float, ...], count: int) -> list[float]:
+    """A per-replica value of the objective (a number, or a tuple of one per replica) as ``count`` numbers."""
+    return list(value) if isinstance(value, tuple) else [float(value)] * count
+
+
+def distances_to_optimum(network: ClosedFormNetwork, labels: Tensor, optima: ReplicaOptima) -> dict[str, Tensor]:
     """``optimum/loss_gap``, ``optimum/classifier_gram``, ``optimum/feature_gram`` and ``optimum/bias`` of every
-    replica (float64, computed on the CPU from the parameters)."""
+    replica (float64, computed on the CPU from the parameters); NaN (undefined) for a replica without an optimum."""
     parameter = network.closed_form_features()
-    features, weight = parameter.detach().cpu().double(), network.head.weight.detach().cpu().double()
-    bias = network.head.bias.detach().cpu().double() if network.head.has_bias else None
-    device = parameter.device
-    values = optimum_metrics(features, weight, bias, labels.cpu(), optimum)
-    return {tag: value.to(device) for tag, value in values.items()}
+    index = optima.replicas
+    features = parameter.detach()[index.to(parameter.device)].cpu().double()
+    weight = network.head.weight.detach()[index.to(parameter.device)].cpu().double()
+    bias = network.head.bias.detach()[index.to(parameter.device)].cpu().double() if network.head.has_bias else None
+    values = optimum_metrics(features, weight, bias, labels.cpu(), optima.optimum)
+    if index.numel() == network.num_replicas:
+        return {tag: value.to(parameter.device) for tag, value in values.items()}
+    full = {tag: torch.full((network.num_replicas,), torch.nan, dtype=torch.float64) for tag in values}
+    for tag, value in values.items():
+        full[tag][index] = value
+    return {tag: value.to(parameter.device) for tag, value in full.items()}

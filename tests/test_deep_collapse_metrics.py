@@ -12,16 +12,17 @@ import torch
 from ufm_torch.metrics import CollapseMetricWarning, class_statistics, layer_metrics
 from ufm_torch.metrics.deep_collapse import (
     DEEP_COLLAPSE_METRIC_NAMES,
-    Activation,
     FrameGeometry,
     class_mean_metrics,
     deep_collapse_metrics,
     dnc1,
     dnc2,
+    dnc2_geometry,
     dnc3,
     numerical_rank,
     stable_rank,
 )
+from ufm_torch.models import Activation
 from ufm_torch.theory.deep_linear import deep_linear_optimum
 from ufm_torch.theory.deep_relu import relu_dnc_reference, relu_two_class_optimum
 
@@ -299,8 +300,8 @@ def test_deep_linear_optimum_is_an_orthogonal_frame_at_every_layer():
 def test_activation_chooses_the_frame_of_each_layer():
     """After a ReLU (l ≥ 2) an orthogonal frame; H_1 and linear layers a simplex ETF; named as the theory names σ."""
     assert Activation("relu") is Activation.RELU and Activation("linear") is Activation.LINEAR
-    assert [Activation.RELU.frame(layer) for layer in (1, 2, 5)] == [SIMPLEX, ORTHOGONAL, ORTHOGONAL]
-    assert {Activation.LINEAR.frame(layer) for layer in (1, 2, 5)} == {SIMPLEX}
+    assert [dnc2_geometry(Activation.RELU, layer) for layer in (1, 2, 5)] == [SIMPLEX, ORTHOGONAL, ORTHOGONAL]
+    assert {dnc2_geometry(Activation.LINEAR, layer) for layer in (1, 2, 5)} == {SIMPLEX}
 
 
 def test_undefined_values_are_nan_with_a_warning():

@@ -1,5 +1,6 @@
 """Every configured network offers what the trainer and the monitor need (``ufm_torch.models.Network``), and only a
-network that offers the UFM's closed form (``ClosedFormNetwork``) trains by it: free features alone train by autograd.
+network that declares fused steps (the UFM's closed form, ``ClosedFormNetwork``; the deep UFM's free layers,
+``FreeLayersNetwork``) trains by them: free features alone train by autograd.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from ufm_torch.models import (
     BACKBONE_DEFAULT_LOSS,
     UFM_DEFAULT_LOSS,
     ClosedFormNetwork,
+    FreeLayersNetwork,
     LinearHead,
     Network,
     ReplicaIdentity,
     default_loss_name,
     has_closed_form,
     has_free_features,
+    has_free_layers,
+    has_fused_steps,
     target_object,
 )
 from ufm_torch.objectives.losses import LOSSES
@@ -33,6 +37,7 @@ from ufm_torch.training.module import CollapseModule
 
 MODELS = sorted(path.stem for path in (Path(ufm_torch.conf.__file__).parent / "model").glob("*.yaml"))
 NEEDS_TORCHVISION = {"resnet18"}
+FREE_FEATURE_MODELS = {"ufm", "deep_ufm"}
 
 
 def protocol_members(protocol: type) -> set[str]:
@@ -45,7 +50,7 @@ def configured(model: str) -> tuple[nn.Module, Tensor, str]:
     """The network ``model=<model>`` builds, a training batch's inputs for it, and its ``_target_``."""
     if model in NEEDS_TORCHVISION:
         pytest.importorskip("torchvision")
-    cfg = compose_train(f"model={model}", *([] if model == "ufm" else ["data=digits"]))
+    cfg = compose_train(f"model={model}", *([] if model in FREE_FEATURE_MODELS else ["data=digits"]))
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     inputs, _ = next(iter(datamodule.train_dataloader()))
@@ -64,6 +69,7 @@ def test_the_contract_names_what_the_trainer_and_the_monitor_read() -> None:
         "forward_features", "forward",
     }  # fmt: skip
     assert protocol_members(ClosedFormNetwork) == {"closed_form_features"}
+    assert protocol_members(FreeLayersNetwork) == {"free_layers"}
     assert {UFM_DEFAULT_LOSS, BACKBONE_DEFAULT_LOSS} <= set(LOSSES)
 
 
@@ -104,13 +110,17 @@ def test_the_class_a_config_names_answers_as_the_network_it_builds(model: str) -
     network, _, target = configured(model)
     assert has_free_features(target_object(target)) == has_free_features(network)
     assert has_closed_form(target_object(target)) == has_closed_form(network)
+    assert has_free_layers(target_object(target)) == has_free_layers(network)
 
 
 @every_model
-def test_only_a_closed_form_network_skips_autograd_and_its_features_are_the_classifiers_input(model: str) -> None:
+def test_only_a_network_with_fused_steps_skips_autograd_and_closed_form_features_are_the_classifiers_input(
+    model: str,
+) -> None:
     network, inputs, _ = configured(model)
     module = CollapseModule(network, functools.partial(torch.optim.SGD, lr=0.1))
-    assert module.automatic_optimization == (not has_closed_form(network))
+    assert module.automatic_optimization == (not has_fused_steps(network))
+    assert not (has_closed_form(network) and has_free_layers(network))
     if has_closed_form(network):
         features = network.closed_form_features()
         assert isinstance(features, nn.Parameter)

@@ -35,7 +35,7 @@ ALLOWED_IMPORTS = {
     "metrics": {"models"},
     "data": {"models"},
     "training": {"models", "metrics", "objectives"},
-    "theory": {"objectives", "metrics"},
+    "theory": {"models", "objectives", "metrics"},
     "run_folder": {"metrics"},
     "analysis": {"run_folder", "metrics", "models", "objectives", "theory"},
     "callbacks": {"metrics", "models", "run_folder", "training", "theory"},

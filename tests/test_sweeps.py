@@ -170,8 +170,8 @@ def test_summary_text_sorts_jobs_naturally_and_fixes_float_digits() -> None:
     text = format_summary_csv(summary_table(jobs))
     lines = text.splitlines()
     assert lines[0] == (
-        "job,lr,replica,copy,init_scale,replica_seed,status,wall_time_s,step,strong_collapse/snc1,error"
+        "job,lr,replica,copy,init_scale,replica_seed,run,status,wall_time_s,step,strong_collapse/snc1,error"
     )
-    assert lines[1] == "2,2,0,0,0.1,7,finished,1,4,0.3333333333,"
+    assert lines[1] == "2,2,0,0,0.1,7,eps=0.1/rep=0,finished,1,4,0.3333333333,"
     assert lines[2].startswith("10,10,")
     assert text == format_summary_csv(summary_table(list(reversed(jobs))))

@@ -334,12 +334,14 @@ def test_hparams_go_into_each_replica_runs_own_run(tmp_path: Path) -> None:
 def sweep_table() -> SummaryTable:
     """Two jobs sweeping the optimiser, two replicas each (the second job's second replica has no metrics)."""
     row = {"replica": 0, "copy": 0, "init_scale": 0.1, "replica_seed": 11, "status": "finished", "wall_time_s": 1.0}
+    row |= {"run": "eps=0.1/rep=0"}
+    second = {"replica": 1, "copy": 1, "run": "eps=0.1/rep=1"}
     failed = {"replica_seed": None, "step": None, "status": "failed", "collapse/nc1": None}
     rows = [
         row | {"job": "0", "module.optimizer": "sgd", "step": 20, "collapse/nc1": 0.5},
-        row | {"job": "0", "module.optimizer": "sgd", "replica": 1, "copy": 1, "step": 20, "collapse/nc1": 0.25},
+        row | {"job": "0", "module.optimizer": "sgd", "step": 20, "collapse/nc1": 0.25} | second,
         row | {"job": "1", "module.optimizer": "adam", "step": 30, "collapse/nc1": 0.125},
-        row | {"job": "1", "module.optimizer": "adam", "replica": 1, "copy": 1} | failed,
+        row | {"job": "1", "module.optimizer": "adam"} | second | failed,
     ]
     return SummaryTable(["module.optimizer"], ["collapse/nc1"], rows)
 

@@ -121,7 +121,7 @@ def test_group_option_lists_and_sweeps_are_checked_option_by_option() -> None:
             "model.init_scale=[1.0, -0.1] is not allowed; it must be a number > 0 or a non-empty list of numbers > 0",
         ),
         ("~trainer.max_steps", "trainer.max_steps is missing; it must be an integer >= 1"),
-        ("~optimizer", "optimizer.lr is missing; it must be a number > 0"),
+        ("~optimizer", "optimizer.lr is missing; it must be a number > 0 or a non-empty list of numbers > 0"),
         (
             "model.feature_dim=${data.nope}",
             "model.feature_dim cannot be resolved: Interpolation key 'data.nope' not found",

@@ -3,8 +3,10 @@
 One row per metric family (Papyan, Han & Donoho 2020, NC1–NC4; Mixon et al., SNC1–SNC3 and dist_S; the distances to
 the global optimum; accuracy), one panel per metric with a value, and one line per series: each init scale ε of each
 run (the median over the replicas of that ε, which differ only in their random directions), or the run itself when
-it has no ε (a backbone). A single run's ε are coloured as in the paper figures; the runs of a comparison
-(``experiment=compare_digits``) get a colour each, and each loss its own line style. The panels of a row share one
+it has no ε (a backbone); a run whose replicas differ in their hyperparameters (:mod:`ufm_torch.hyperparameters`)
+draws one line per replica group, at most :data:`MAX_GROUPS` of them, evenly spread. A single run's ε are coloured
+as in the paper figures; the runs of a comparison (``experiment=compare_digits``) get a colour each, and each loss its
+own line style. The panels of a row share one
 y-scale (:mod:`ufm_torch.analysis.figure_style`: errors on log axes with zeros marked at the floor, accuracy on
 [0, 1]).
 """
@@ -32,7 +34,14 @@ from ufm_torch.analysis.figure_style import (
     value_scales,
 )
 from ufm_torch.analysis.paper_figures import scale_colours, scale_label
-from ufm_torch.analysis.records import as_float
+from ufm_torch.analysis.records import (
+    as_float,
+    group_label,
+    records_by_group,
+    replica_setting,
+    spread,
+    varying_entries,
+)
 from ufm_torch.metrics.tags import (
     ACCURACY_TAGS,
     NC_TAGS,
@@ -54,6 +63,8 @@ PANELS = {
 }
 """Rows of the collapse figure, top to bottom, each with its metrics; a metric no record holds a number for has no
 panel, and a row without panels is left out (SNC on unbalanced classes, the optimum without weight decay)."""
+MAX_GROUPS = 12
+"""The most replica groups (per-replica hyperparameters and ε) a run's figure draws, evenly spread over them."""
 ONSET_GID = "onset"
 """The ``gid`` of the dotted lines at the first evaluation with 100% training accuracy."""
 ROW_SUBJECTS = {
@@ -84,6 +95,12 @@ def median_history(records: Sequence[Mapping[str, Any]], tag: str) -> tuple[np.n
             by_step[int(record["step"])].append(value)
     steps = sorted(by_step)
     return np.array(steps), np.array([statistics.median(by_step[step]) for step in steps], dtype=np.float64)
+
+
+def has_replica_groups(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the records carry per-replica hyperparameters (:mod:`ufm_torch.hyperparameters`): their lines are
+    then replica groups (hyperparameters and ε), not init scales."""
+    return bool(records) and bool(replica_setting(records[0]))
 
 
 def records_by_scale(records: Sequence[Mapping[str, Any]]) -> dict[float | None, list[Mapping[str, Any]]]:
@@ -125,15 +142,24 @@ def collapse_figure(
     """
     panels = drawn_panels(histories)
     single = len(histories) == 1
+    grouped = single and has_replica_groups(next(iter(histories.values())))
     series = []
     for name, records in histories.items():
-        for scale, group in records_by_scale([record for record in records if record["step"] > 0]).items():
+        trained = [record for record in records if record["step"] > 0]
+        if grouped:
+            groups = records_by_group(trained)
+            varying = varying_entries(list(groups))
+            series += [(name, None, group_label(key, varying), groups[key]) for key in spread(list(groups), MAX_GROUPS)]
+            continue
+        for scale, group in records_by_scale(trained).items():
             label = scale_label(scale) if single and scale is not None else run_title(name)
             if not single and scale is not None:
                 label += f", {scale_label(scale)}"
             series.append((name, scale, label, group))
     scales_of_run = [scale for _, scale, _, _ in series if scale is not None]
-    if single and scales_of_run:
+    if grouped:
+        colours = [colormaps["viridis"](0.85 * i / max(len(series) - 1, 1)) for i in range(len(series))]
+    elif single and scales_of_run:
         by_scale = scale_colours(scales_of_run)
         colours = [by_scale.get(scale, "black") for _, scale, _, _ in series]
     else:
@@ -174,7 +200,7 @@ def collapse_figure(
     handles += loss_handles(styles, markers=False)
     if any(line.get_gid() == ONSET_GID for axes in figure.axes for line in axes.lines):
         handles.append(Line2D([], [], color="grey", linestyle=":", linewidth=0.9, label="first 100% training accuracy"))
-    legend_title = "init scale ε" if single and scales_of_run else None
+    legend_title = "replica group" if grouped else "init scale ε" if single and scales_of_run else None
     legend = outside_legend(figure, handles, legend_title)
     known = sorted(set(losses.values()) - {UNKNOWN_LOSS}) if losses else []
     setting = f"{title}, {known[0]} loss" if len(known) == 1 else title
@@ -188,6 +214,10 @@ def describe(
     """The figure's title: what is drawn, against what, of which runs, and what a line is."""
     subjects = [ROW_SUBJECTS.get(panel, panel) for panel in panels]
     what = ", ".join(subjects[:-1]) + (" and " if len(subjects) > 1 else "") + subjects[-1]
+    runs = "" if len(histories) == 1 else f" of {', '.join(run_title(name) for name in histories)}"
+    (first,) = histories.values() if len(histories) == 1 else ([],)
+    if has_replica_groups(first):
+        return f"{what[0].upper()}{what[1:]} against the fraction of training\n({describe_groups(first)}; {title})"
     groups = [group for records in histories.values() for group in records_by_scale(records).items()]
     has_scales = any(scale is not None for scale, _ in groups)
     copies = max((len({record["replica"] for record in records}) for _, records in groups), default=1)
@@ -197,5 +227,15 @@ def describe(
         line = "one line per run; " if len(groups) == len(histories) else "one line per run and ε; "
     else:
         line = "one line per ε; " if len(groups) > 1 else ""
-    runs = "" if len(histories) == 1 else f" of {', '.join(run_title(name) for name in histories)}"
     return f"{what[0].upper()}{what[1:]} against the fraction of training{runs}\n({line}{title})"
+
+
+def describe_groups(records: Sequence[Mapping[str, Any]]) -> str:
+    """What a line of a run with replica groups is: one group (the median over its copies), and how many of the
+    groups are drawn."""
+    groups = records_by_group(records)
+    copies = max(len({record["replica"] for record in members}) for members in groups.values())
+    line = "one line per replica group" + (f", the median over its {copies} copies" if copies > 1 else "")
+    if len(groups) > MAX_GROUPS:
+        line = f"{MAX_GROUPS} of {len(groups)} replica groups, evenly spread: " + line
+    return line

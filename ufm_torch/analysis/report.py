@@ -19,7 +19,12 @@ A run's report (``report`` node of its config):
 
 A sweep's report: ``sweep_summary.csv`` (one row per job and replica), the sweep figures and TensorBoard HPARAMS
 (:mod:`ufm_torch.analysis.sweep_figures`), and with ``report.comparison`` the jobs in one figure,
-``figures/compare.png`` (``experiment=compare_digits``).
+``figures/compare.png`` (``experiment=compare_digits``); ``report.regularization``, ``report.phase_diagram`` and
+``report.minority_collapse`` draw the laboratory figures (:mod:`ufm_torch.analysis.laboratory_figures`).
+
+``report.lazy`` (a multirun of small jobs, whose figures would cost more than their training): when the multirun
+ends, only ``sweep_summary.csv``, HPARAMS and the laboratory and comparison figures are drawn; each job's report and
+the per-key sweep figures are left to ``ufm-plot`` on the sweep folder, which draws everything.
 """
 
 from __future__ import annotations
@@ -33,8 +38,13 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from ufm_torch.analysis.comparison import collapse_figure
+from ufm_torch.analysis.deep_figures import deep_collapse_figure, deep_linear_figure
 from ufm_torch.analysis.figure_style import loss_name
-from ufm_torch.analysis.laboratory_figures import minority_collapse_figure, regularization_figure
+from ufm_torch.analysis.laboratory_figures import (
+    minority_collapse_figure,
+    phase_diagram_figure,
+    regularization_figure,
+)
 from ufm_torch.analysis.layerwise_figure import LAYERWISE_CSV, layer_order, layerwise_figure, write_layerwise_table
 from ufm_torch.analysis.paper_figures import (
     RunSetup,
@@ -75,11 +85,15 @@ class ReportSettings:
     paper_figures: bool = False
     comparison: bool = False
     regularization: bool = False
+    phase_diagram: bool = False
     minority_collapse: bool = False
     layerwise: bool = False
+    deep_linear: bool = False
+    deep_collapse: bool = False
     dpi: int = 150
     snc3_theory: bool = True
     print_summary: bool = True
+    lazy: bool = False
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> ReportSettings:
@@ -212,8 +226,10 @@ def comparison_figure(jobs: Sequence[Job]) -> Figure:
     return collapse_figure(histories, lengths, describe_shape(with_records[0].config), losses)
 
 
-def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = False) -> Report:
-    """The report of a sweep folder (module docstring); with ``runs`` also every job's own report first."""
+def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = False, lazy: bool = False) -> Report:
+    """The report of a sweep folder (module docstring); with ``runs`` also every job's own report first; ``lazy``
+    leaves out the per-key sweep figures (the end of a multirun whose jobs say ``report.lazy``: ``ufm-plot`` draws
+    them, and every job's report, later)."""
     sweep_dir = Path(sweep_dir)
     jobs = read_jobs(sweep_dir)
     report = Report(sweep_dir, statuses=dict(Counter(str(job.status.get("status")) for job in jobs)))
@@ -225,7 +241,8 @@ def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = F
     table = summary_table(jobs)
     (sweep_dir / SWEEP_SUMMARY_FILE).write_text(format_summary_csv(table))
     report.written.append(sweep_dir / SWEEP_SUMMARY_FILE)
-    report.written += draw_sweep_figures(jobs, table, sweep_dir / FIGURES_DIR)
+    if not lazy:
+        report.written += draw_sweep_figures(jobs, table, sweep_dir / FIGURES_DIR)
     if tensorboard:
         report.written += write_sweep_hparams(table, sweep_dir / HPARAMS_DIR)
     settings = [ReportSettings.of(job.config) for job in jobs]
@@ -234,7 +251,10 @@ def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = F
     laboratory = (
         ("compare.png", "comparison", comparison_figure),
         ("regularization.png", "regularization", regularization_figure),
+        ("phase_diagram.png", "phase_diagram", phase_diagram_figure),
         ("minority_collapse.png", "minority_collapse", minority_collapse_figure),
+        ("deep_linear.png", "deep_linear", deep_linear_figure),
+        ("deep_collapse.png", "deep_collapse", deep_collapse_figure),
     )
     for name, flag, draw in laboratory:
         if drawn and any(getattr(setting, flag) for setting in settings):

@@ -14,7 +14,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ufm_torch.analysis.records import as_float, final_records
+from ufm_torch.analysis.comparison import MAX_GROUPS, has_replica_groups
+from ufm_torch.analysis.records import (
+    as_float,
+    final_records,
+    group_label,
+    records_by_group,
+    replica_group,
+    spread,
+    varying_entries,
+)
 from ufm_torch.run_folder.jobs import Job, read_override_list
 from ufm_torch.run_folder.layout import METRICS_FILE, OVERRIDES_FILE, STATUS_FILE
 
@@ -33,14 +42,21 @@ def format_metric(value: float) -> str:
 
 
 def final_metrics_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table: one row per metric, one column per init scale ε (``backbone`` without one), each cell the
-    median over that ε's replicas of their final values (finite ones only)."""
+    """Markdown table: one row per metric, one column per init scale ε (``backbone`` without one), or per replica
+    group when the replicas differ in their hyperparameters (at most ``MAX_GROUPS``, evenly spread), each cell the
+    median over that column's replicas of their final values (finite ones only)."""
     finals = final_records(records)
     columns: dict[Any, list[Mapping[str, Any]]] = {}
-    for record in finals:
-        columns.setdefault(record.get("init_scale"), []).append(record)
+    if has_replica_groups(finals):
+        groups = records_by_group(finals)
+        varying = varying_entries(list(groups))
+        columns = {group_label(key, varying): groups[key] for key in spread(list(groups), MAX_GROUPS)}
+        header = list(columns)
+    else:
+        for record in finals:
+            columns.setdefault(record.get("init_scale"), []).append(record)
+        header = [f"ε = {scale:g}" if scale is not None else "backbone" for scale in columns]
     metrics = [key for key in finals[0] if "/" in key]
-    header = [f"ε = {scale:g}" if scale is not None else "backbone" for scale in columns]
     lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for metric in metrics:
         cells = []
@@ -74,8 +90,9 @@ def run_overview(job: Job) -> str:
     if job.records:
         finals = final_records(job.records)
         steps = "/".join(str(step) for step in sorted({int(record["step"]) for record in finals}))
-        counts = sorted(set(Counter(record.get("init_scale") for record in finals).values()))
+        counts = sorted(set(Counter(replica_group(record) for record in finals).values()))
         each = f"{counts[0]} each" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-        spread = "" if counts == [1] else f": median over the replicas of each ε ({each})"
-        parts += [f"Final metrics (`{METRICS_FILE}`) at step {steps}{spread}", final_metrics_table(job.records)]
+        column = "replica group" if has_replica_groups(finals) else "ε"
+        median = "" if counts == [1] else f": median over the replicas of each {column} ({each})"
+        parts += [f"Final metrics (`{METRICS_FILE}`) at step {steps}{median}", final_metrics_table(job.records)]
     return "\n\n".join(parts)

@@ -3,7 +3,10 @@ sessions are written by :mod:`ufm_torch.analysis.sweep_hparams`).
 
 Inputs are the :class:`ufm_torch.analysis.sweep_table.SummaryTable` and the :class:`ufm_torch.run_folder.jobs.Job`
 list read back from a sweep folder, so every view can be redrawn from saved files (``ufm-plot``). The varying keys
-are the swept override keys plus the per-replica init scale ε (``init_scale``) when replicas differ in it.
+are the swept override keys, the per-replica hyperparameters whose values differ between replicas
+(``module.classifier_decay``, …) and the init scale ε (``init_scale``) when replicas differ in it. A grid of many
+values stays readable and quick to draw: a panel draws at most :data:`MAX_SERIES` series (evenly spread over the
+others' values), and past :data:`MAX_TRAJECTORIES` replicas the trajectories are medians per value.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,20 +34,30 @@ from ufm_torch.analysis.figure_style import (
     set_title,
     value_scales,
 )
-from ufm_torch.analysis.records import RECORD_FIELDS, as_float, final_records
+from ufm_torch.analysis.records import HYPERPARAMETER_FIELDS, RECORD_FIELDS, as_float, spread
 from ufm_torch.analysis.sweep_table import SummaryTable, as_number
 from ufm_torch.metrics.tags import SNC_TAGS
 from ufm_torch.run_folder.jobs import Job
 
 PANEL_COLUMNS = 4
+MAX_SERIES = 12
+"""The most series (combinations of the other varying keys and loss) a panel of the final-metrics figure draws."""
+MAX_TRAJECTORIES = 120
+"""Past this many replicas the trajectories figure draws the median per value of its key (and loss)."""
 
 
 def varying_keys(table: SummaryTable) -> list[str]:
-    """Swept keys, plus ``init_scale`` when replicas differ in ε (replacing a swept ``model.init_scale``)."""
+    """Swept keys, the per-replica hyperparameters that differ between rows (one of those that vary together, as
+    λ_W = λ_H does), plus ``init_scale`` when replicas differ in ε (replacing a swept ``model.init_scale``)."""
+    keys = list(table.swept)
+    for key in table.hyperparameters:
+        column = [row[key] for row in table.rows]
+        if len(set(column)) > 1 and all(column != [row[other] for row in table.rows] for other in keys):
+            keys.append(key)
     scales = {row["init_scale"] for row in table.rows if row["init_scale"] is not None}
     if len(scales) > 1:
-        return [key for key in table.swept if key != "model.init_scale"] + ["init_scale"]
-    return list(table.swept)
+        return [key for key in keys if key != "model.init_scale"] + ["init_scale"]
+    return keys
 
 
 def is_numeric(values: Iterable[Any]) -> bool:
@@ -130,8 +144,13 @@ def final_metrics_figure(
     colours = value_colours(groups, numeric=numeric_groups)
     loss_of = {id(row): (losses or {}).get(row["job"], UNKNOWN_LOSS) for row in rows}
     styles = loss_styles(loss_of.values())
-    series = [(group, loss) for group in groups for loss in styles
-              if any(_row_group(row, others) == group and loss_of[id(row)] == loss for row in rows)]  # fmt: skip
+    present = {(_row_group(row, others), loss_of[id(row)]) for row in rows}
+    every_series = [(group, loss) for group in groups for loss in styles if (group, loss) in present]
+    series = spread(every_series, MAX_SERIES)
+    groups = [group for group in groups if any(one[0] == group for one in series)]
+    members_of: dict[Any, list[dict[str, Any]]] = {one: [] for one in series}
+    for row in rows:
+        members_of.get((_row_group(row, others), loss_of[id(row)]), []).append(row)
     defined = {metric: {row[key] for row in rows if math.isfinite(as_float(row[metric]))} for metric in metrics}
     needed = min(2, len(order))
     drawn = [metric for metric in metrics if defined[metric] and len(defined[metric]) >= needed]
@@ -139,12 +158,11 @@ def final_metrics_figure(
         return None
     scales = value_scales({metric: [as_float(row[metric]) for row in rows] for metric in drawn})
     note = f" ({omitted} unfinished replicas omitted)" if omitted else ""
+    if len(series) < len(every_series):
+        note += f"\n{len(series)} of {len(every_series)} series, evenly spread over {', '.join(others)}"
     left_out = [metric for metric in metrics if metric not in drawn]
     reason = f"defined at fewer than two values of {key}" if needed == 2 else "no value"
     figure, axes = _panel_grid(len(drawn))
-    members_of = {
-        one: [row for row in rows if _row_group(row, others) == one[0] and loss_of[id(row)] == one[1]] for one in series
-    }
     x_of = _dodged_positions(series, members_of, key, position, numeric)
     for axis, metric in zip(axes, drawn, strict=True):
         scale = scales[metric]
@@ -210,18 +228,52 @@ def _dodged_positions(
     return x_of
 
 
+def replica_value(job: Job, record: Mapping[str, Any], key: str) -> Any:
+    """A replica's value of a varying key: its record's (ε, a per-replica hyperparameter), else the job's
+    override."""
+    if key == "init_scale" or (key in HYPERPARAMETER_FIELDS and key in record):
+        return record[key]
+    return job.overrides.get(key)
+
+
+def median_trajectories(
+    trajectories: list[tuple[Any, str, list[Mapping[str, Any]]]], metrics: list[str]
+) -> list[tuple[Any, str, list[Mapping[str, Any]]]]:
+    """One trajectory per value and loss: at each step the median of each metric over the replicas with a finite
+    value (NaN where none has)."""
+    grouped: dict[tuple[Any, str], dict[int, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for value, loss, records in trajectories:
+        for record in records:
+            grouped[(value, loss)][record["step"]].append(record)
+    medians = []
+    for (value, loss), by_step in grouped.items():
+        records = []
+        for step in sorted(by_step):
+            finite = {metric: [x for r in by_step[step] if math.isfinite(x := as_float(r.get(metric)))]
+                      for metric in metrics}  # fmt: skip
+            records.append({"step": step} | {m: statistics.median(v) if v else math.nan for m, v in finite.items()})
+        medians.append((value, loss, records))
+    return medians
+
+
 def trajectories_figure(jobs: list[Job], key: str, metrics: list[str]) -> Figure | None:
     """Every replica's metric trajectories against the step, coloured by its value of ``key``, in the line style of
-    its loss; each metric family shares one y-scale (errors on log axes, zeros at the floor). A metric without a
-    value gets no panel (the title names it); None when no metric has one."""
+    its loss (past :data:`MAX_TRAJECTORIES` replicas the median trajectory of each value and loss); each metric
+    family shares one y-scale (errors on log axes, zeros at the floor). A metric without a value gets no panel (the
+    title names it); None when no metric has one."""
     trajectories = []
     for job in jobs:
         loss = loss_name(job.config, job.records)
-        for final in final_records(job.records):
-            replica = final["replica"]
-            records = sorted((r for r in job.records if r["replica"] == replica), key=lambda r: r["step"])
-            value = final["init_scale"] if key == "init_scale" else job.overrides.get(key)
-            trajectories.append((value, loss, records))
+        by_replica: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+        for record in job.records:
+            by_replica[int(record["replica"])].append(record)
+        for _, records in sorted(by_replica.items()):
+            records.sort(key=lambda record: record["step"])
+            trajectories.append((replica_value(job, records[-1], key), loss, records))
+    title = f"Trajectories of every replica, coloured by {key}"
+    if len(trajectories) > MAX_TRAJECTORIES:
+        title = f"Median trajectory of the replicas of each value of {key} ({len(trajectories)} replicas)"
+        trajectories = median_trajectories(trajectories, metrics)
     order = value_order(value for value, _, _ in trajectories)
     numeric = is_numeric(order)
     colours = value_colours(order, numeric)
@@ -233,7 +285,6 @@ def trajectories_figure(jobs: list[Job], key: str, metrics: list[str]) -> Figure
         return None
     scales = value_scales({metric: values[metric] for metric in drawn})
     left_out = _left_out_note([metric for metric in metrics if metric not in drawn], "no value")
-    title = f"Trajectories of every replica, coloured by {key}"
     figure, axes = _panel_grid(len(drawn))
     for axis, metric in zip(axes, drawn, strict=True):
         for value, loss, records in trajectories:

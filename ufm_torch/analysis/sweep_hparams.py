@@ -10,7 +10,6 @@ from ufm_torch.analysis.records import as_float
 from ufm_torch.analysis.sweep_figures import is_numeric
 from ufm_torch.analysis.sweep_table import SummaryTable, as_number
 from ufm_torch.metrics.tags import short_name
-from ufm_torch.run_folder.names import replica_run_name
 from ufm_torch.run_folder.tensorboard import HparamsSession, write_hparams_sessions
 
 
@@ -22,23 +21,25 @@ def hparam_value(value: Any, numeric: bool) -> float | str:
 
 
 def sweep_sessions(table: SummaryTable, log_dir: Path) -> list[HparamsSession]:
-    """The session of every row of ``table``: run ``<log_dir>/<job>/eps=<ε>/rep=<copy>``, hyperparameters ``job``,
-    each swept key, ``init_scale``, ``seed`` and ``status``, metrics ``hp/<metric>`` at the final step."""
+    """The session of every row of ``table``: run ``<log_dir>/<job>/<run>`` (the replica's TensorBoard run,
+    ``eps=<ε>/rep=<copy>`` or ``lam_W=0.01/lam_H=0.02/rep=0``), hyperparameters ``job``, each swept key, each
+    per-replica hyperparameter, ``init_scale``, ``seed`` and ``status``, metrics ``hp/<metric>`` at the final step."""
+    keys = [*table.swept, *table.hyperparameters]
     numeric = {
         key: all(row[key] is not None for row in table.rows) and is_numeric(row[key] for row in table.rows)
-        for key in table.swept
+        for key in keys
     }
     sessions = []
     for row in table.rows:
         hyper: dict[str, Any] = {"job": row["job"]}
-        hyper |= {key: hparam_value(row[key], numeric[key]) for key in table.swept}
+        hyper |= {key: hparam_value(row[key], numeric[key]) for key in keys}
         hyper |= {
             "init_scale": as_float(row["init_scale"]),
             "seed": "" if row["replica_seed"] is None else str(row["replica_seed"]),
             "status": str(row["status"]),
         }
         finals = {f"hp/{short_name(m)}": as_float(row[m]) for m in table.metrics if row[m] is not None}
-        run = Path(row["job"]) / ("" if row["copy"] is None else replica_run_name(row["init_scale"], row["copy"]))
+        run = Path(row["job"]) / (row["run"] or "")
         sessions.append(HparamsSession(Path(log_dir) / run, hyper, finals, row["step"] or 0))
     return sessions
 

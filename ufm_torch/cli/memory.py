@@ -12,7 +12,11 @@ W is C × p, b is C, for each of R replicas, n = Σ_k n_k):
 - the metrics of one evaluation: a centred copy of the features ``Rpn``, class means and classifier ``2RCp``,
   within- and between-class covariances ``2Rp²`` and the Gram matrices ``3RC²``.
 
-Each counts ``itemsize`` bytes (``model.dtype``). A backbone's activations depend on its architecture and batch, not
+The deep UFM (``model=deep_ufm``: depth L, width d; L = 1 is the UFM above) has the weights ``W_1 … W_L`` instead
+of W, ``R(dp + (L − 2)d² + Cd)`` numbers for L ≥ 2 (with their gradients and optimiser state); its training step
+adds the rows of H_2 … H_L kept for backpropagation, ``(L − 1)RBd``, and the two gradient rows of the widest layer,
+``2RB·max(p, d)``; its metrics are those above for the classifier's input, d wide. Each counts ``itemsize`` bytes
+(``model.dtype``). A backbone's activations depend on its architecture and batch, not
 on these keys, and are not estimated: only its metrics' C × C and p × p matrices are. The memory available is
 Linux's ``MemAvailable`` (``/proc/meminfo``), or a CUDA device's free memory when the run trains on one.
 """
@@ -26,10 +30,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ufm_torch.errors import ConfigError
+from ufm_torch.hyperparameters import hyperparameter_grid
 from ufm_torch.objectives.losses import Link, Loss
 
 SIZE_KEYS = ("data.num_classes", "data.samples_per_class", "model.feature_dim", "model.init_scale", "model.replicas")
 """The keys that set the size of a UFM run, named by the refusal."""
+DEEP_SIZE_KEYS = ("model.width", "model.depth")
+"""The deep UFM's further size keys."""
 
 ITEMSIZES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -58,14 +65,23 @@ def estimate_ufm_memory(
     itemsize: int = 8,
     optimizer_states: int = 0,
     cross_entropy: bool = False,
+    depth: int = 1,
+    width: int | None = None,
 ) -> MemoryEstimate:
     """The :class:`MemoryEstimate` of a UFM run (module docstring): n samples, C classes, p features, R replicas,
-    batch B (None: full batch), ``optimizer_states`` copies of the parameters kept by the optimiser."""
+    batch B (None: full batch), ``optimizer_states`` copies of the parameters kept by the optimiser; a deep UFM of
+    ``depth`` L and ``width`` d (None: p)."""
     n, c, p, r = num_samples, num_classes, feature_dim, replicas
+    d = p if width is None else width
     batch = min(batch_size or n, n)
-    parameters = r * (p * n + c * p + c) * (2 + optimizer_states)
+    dims = [p] + [d] * (depth - 1) + [c]
+    weights = sum(dims[layer] * dims[layer + 1] for layer in range(depth))
+    parameters = r * (p * n + weights + c) * (2 + optimizer_states)
     training_step = r * batch * c * (3 if cross_entropy else 2)
-    metrics = r * (p * n + 2 * c * p + 2 * p * p + 3 * c * c)
+    if depth > 1:
+        training_step += r * batch * ((depth - 1) * d + 2 * max(p, d))
+    q = dims[-2]
+    metrics = r * (q * n + 2 * c * q + 2 * q * q + 3 * c * c)
     return MemoryEstimate(parameters * itemsize, training_step * itemsize, metrics * itemsize)
 
 
@@ -103,6 +119,7 @@ def check_memory(cfg: DictConfig, num_samples: int | None, free_features: bool, 
     momentum = float(OmegaConf.select(cfg, "optimizer.momentum", default=0.0) or 0.0)
     target = str(OmegaConf.select(cfg, "optimizer._target_", default=""))
     states = 2 if target.endswith("Adam") or target.endswith("AdamW") else int(momentum > 0)
+    depth = int(OmegaConf.select(cfg, "model.depth", default=1))
     estimate = estimate_ufm_memory(
         num_samples,
         int(cfg.data.num_classes),
@@ -112,6 +129,8 @@ def check_memory(cfg: DictConfig, num_samples: int | None, free_features: bool, 
         ITEMSIZES.get(str(OmegaConf.select(cfg, "model.dtype", default="float64")), 8),
         states,
         cross_entropy=loss.link is Link.SOFTMAX,
+        depth=depth,
+        width=OmegaConf.select(cfg, "model.width", default=None),
     )
     available = available_memory(cfg)
     if available is None or estimate.total <= available:
@@ -120,15 +139,17 @@ def check_memory(cfg: DictConfig, num_samples: int | None, free_features: bool, 
         f"this run needs about {_size(estimate.total)} (parameters {_size(estimate.parameters)}, training step "
         f"{_size(estimate.training_step)}, metrics {_size(estimate.metrics)}; n={num_samples}, "
         f"C={cfg.data.num_classes}, p={cfg.model.feature_dim}, {replicas} replica(s)) but {_size(available)} is "
-        f"available; lower {', '.join(SIZE_KEYS)} or set data.batch_size, or set allow_large_memory=true to try"
+        f"available; lower {', '.join(SIZE_KEYS + (DEEP_SIZE_KEYS if depth > 1 else ()))} or set data.batch_size, "
+        "or set allow_large_memory=true to try"
     )
 
 
 def _replica_count(cfg: DictConfig) -> int:
-    """R: the number of init scales times ``model.replicas``."""
+    """R: the settings of the per-replica hyperparameters (:mod:`ufm_torch.hyperparameters`) times the number of
+    init scales times ``model.replicas``."""
     scales = OmegaConf.select(cfg, "model.init_scale", default=None)
     count = len(scales) if OmegaConf.is_list(scales) else 1
-    return count * int(OmegaConf.select(cfg, "model.replicas", default=1) or 1)
+    return len(hyperparameter_grid(cfg)) * count * int(OmegaConf.select(cfg, "model.replicas", default=1) or 1)
 
 
 def _size(count: int) -> str:

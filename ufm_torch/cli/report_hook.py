@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ufm_torch.run_folder.dashboard import dashboard_line
 
@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 
 
 class RunReport(Callback):
-    """At ``on_job_end`` (every job, single run or multirun) :func:`ufm_torch.analysis.report.write_run_report` on
-    the job's folder; at ``on_multirun_end`` :func:`ufm_torch.analysis.report.write_sweep_report` on
-    ``hydra.sweep.dir``. ``ufm-plot PATH`` writes the same files later.
+    """At ``on_job_end`` (every job, single run or multirun, unless a multirun's ``report.lazy``)
+    :func:`ufm_torch.analysis.report.write_run_report` on the job's folder; at ``on_multirun_end``
+    :func:`ufm_torch.analysis.report.write_sweep_report` on ``hydra.sweep.dir``. ``ufm-plot PATH`` writes the same
+    files later (and, for a lazy sweep, the ones it left).
 
     A single run and a sweep then print :func:`~ufm_torch.run_folder.dashboard.dashboard_line`: how to open
     TensorBoard on the folder, with the Custom Scalars link that selects the runs its charts read.
@@ -35,8 +36,10 @@ class RunReport(Callback):
         self.tensorboard = tensorboard
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        """Draw the job's report when its task returned."""
-        if job_return.status == JobStatus.COMPLETED:
+        """Draw the job's report when its task returned (in a multirun not when ``report.lazy``: ``ufm-plot`` on the
+        sweep folder draws it)."""
+        lazy = config.hydra.mode == RunMode.MULTIRUN and OmegaConf.select(config, "report.lazy", default=False)
+        if job_return.status == JobStatus.COMPLETED and not lazy:
             from ufm_torch.analysis.report import write_run_report
 
             folder = Path(config.hydra.runtime.output_dir)
@@ -45,12 +48,16 @@ class RunReport(Callback):
                 print(dashboard_line(folder))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Draw the sweep's report and print where it is."""
+        """Draw the sweep's report (``report.lazy``: without the per-key sweep figures) and print where it is."""
         from ufm_torch.analysis.report import write_sweep_report
 
-        report = self._draw(lambda: write_sweep_report(Path(config.hydra.sweep.dir), self.tensorboard))
+        folder = Path(config.hydra.sweep.dir)
+        lazy = bool(OmegaConf.select(config, "report.lazy", default=False))
+        report = self._draw(lambda: write_sweep_report(folder, self.tensorboard, lazy=lazy))
         if report is not None:
             print(report.describe())
+            if lazy:
+                print(f"Each job's figures and the per-key sweep figures: ufm-plot {folder}")
             if self.tensorboard:
                 print(dashboard_line(Path(config.hydra.sweep.dir)))
 

@@ -10,14 +10,27 @@ integer, and :func:`ufm_torch.cli.validation.validate_config` writes it back int
 The schema imports neither torch nor Lightning, so that a rejected config answers before either is loaded: the loss
 names come from the registry :data:`ufm_torch.objectives.losses.LOSSES` (which loads without torch); the names of
 the activations and precisions are spelled out here, and ``tests/test_rejected_config.py`` checks them against
-:data:`ufm_torch.models.backbones.ACTIVATIONS` and :data:`ufm_torch.training.precision.PRECISIONS`.
+:data:`ufm_torch.models.backbones.ACTIVATIONS`, :class:`ufm_torch.models.deep_ufm.Activation` and
+:data:`ufm_torch.training.precision.PRECISIONS`. ``model.activation`` takes the deep UFM's names when
+``model._target_`` names :data:`DEEP_UFM_CLASS`, a backbone's otherwise.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, Strict, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    Strict,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 from ufm_torch.objectives.losses import LOSSES
@@ -26,6 +39,10 @@ LOSS_NAMES = tuple(sorted(LOSSES))
 """The keys of :data:`ufm_torch.objectives.losses.LOSSES`, sorted."""
 ACTIVATION_NAMES = ("gelu", "relu", "silu", "tanh")
 """The keys of :data:`ufm_torch.models.backbones.ACTIVATIONS`."""
+DEEP_UFM_ACTIVATION_NAMES = ("linear", "relu")
+"""The values of :class:`ufm_torch.models.deep_ufm.Activation`."""
+DEEP_UFM_CLASS = "DeepUnconstrainedFeatures"
+"""The class name of :class:`ufm_torch.models.DeepUnconstrainedFeatures`, the last part of its ``_target_``."""
 PRECISIONS = ("16", "16-mixed", "16-true", "32", "32-true", "64", "64-true", "bf16", "bf16-mixed", "bf16-true")
 """:data:`ufm_torch.training.precision.PRECISIONS`: every ``trainer.precision`` Lightning accepts here."""
 
@@ -39,12 +56,24 @@ Integer = Annotated[StrictInt, BeforeValidator(integral)]
 Real = Annotated[FiniteFloat, Strict()]
 PositiveReal = Annotated[Real, Field(gt=0)]
 PositiveInt = Annotated[Integer, Field(ge=1)]
+NonNegativeReal = Annotated[Real, Field(ge=0)]
 Precision = Annotated[Literal[PRECISIONS], BeforeValidator(str)]
 LossName = Literal[LOSS_NAMES]
-ActivationName = Literal[ACTIVATION_NAMES]
+ActivationName = Literal[tuple(sorted({*ACTIVATION_NAMES, *DEEP_UFM_ACTIVATION_NAMES}))]
 
 AN_INT_AT_LEAST_1 = "an integer >= 1"
 A_NUMBER_AT_LEAST_0 = "a number >= 0"
+NUMBERS_AT_LEAST_0 = "a number >= 0 or a non-empty list of numbers >= 0"
+
+
+class OneOrList:
+    """``OneOrList[T]``: a ``T``, or a non-empty list of them, one per replica group (the keys of
+    :data:`ufm_torch.hyperparameters.HYPERPARAMETERS`)."""
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        return item | Annotated[list[item], Field(min_length=1)]
+
+
 TRUE_OR_FALSE = "true or false"
 
 
@@ -87,6 +116,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """``model``: the network's keys (the UFM's or a backbone's)."""
 
+    target: str | None = Field(None, alias="_target_", description="the network's class or factory")
     feature_dim: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
     init_scale: PositiveReal | Annotated[list[PositiveReal], Field(min_length=1)] = absent_or(
         "a number > 0 or a non-empty list of numbers > 0"
@@ -95,16 +125,29 @@ class ModelConfig(Section):
     dtype: Literal["float64", "float32"] = absent_or("one of float64, float32")
     width: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
     depth: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
-    activation: ActivationName = absent_or(f"one of {', '.join(ACTIVATION_NAMES)}")
+    activation: ActivationName = absent_or(
+        f"one of {', '.join(DEEP_UFM_ACTIVATION_NAMES)} for model=deep_ufm, one of {', '.join(ACTIVATION_NAMES)} "
+        "for a backbone"
+    )
     batch_norm: StrictBool = absent_or(TRUE_OR_FALSE)
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = absent_or("a non-empty list of integers >= 1")
     bias: StrictBool = absent_or(TRUE_OR_FALSE)
+
+    @field_validator("activation")
+    @classmethod
+    def activation_of_the_network(cls, activation: str | None, info: ValidationInfo) -> str | None:
+        """The deep UFM's activations for the deep UFM, a backbone's for any other network."""
+        target = info.data.get("target") or ""
+        allowed = DEEP_UFM_ACTIVATION_NAMES if target.rsplit(".", 1)[-1] == DEEP_UFM_CLASS else ACTIVATION_NAMES
+        if activation is not None and activation not in allowed:
+            raise ValueError(f"{activation!r} is not an activation of {target}")
+        return activation
 
 
 class OptimizerConfig(Section):
     """``optimizer``: a ``torch.optim`` optimiser's keys; ``lr`` is required."""
 
-    lr: Real = Field(gt=0, description="a number > 0")
+    lr: OneOrList[PositiveReal] = Field(description="a number > 0 or a non-empty list of numbers > 0")
     momentum: Real = absent_or("a number in [0, 1)", ge=0, lt=1)
     weight_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
 
@@ -121,10 +164,15 @@ class ModuleConfig(Section):
 
     loss: LossName | None = absent_or(f"null or one of {', '.join(LOSS_NAMES)}")
     fused_steps: Integer = absent_or(AN_INT_AT_LEAST_1, ge=1)
-    label_smoothing: Real = absent_or("a number in [0, 1)", ge=0, lt=1)
-    feature_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
-    classifier_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
-    bias_decay: Real = absent_or(A_NUMBER_AT_LEAST_0, ge=0)
+    label_smoothing: OneOrList[Annotated[Real, Field(ge=0, lt=1)]] = absent_or(
+        "a number in [0, 1) or a non-empty list of them"
+    )
+    feature_decay: OneOrList[NonNegativeReal] = absent_or(NUMBERS_AT_LEAST_0)
+    classifier_decay: OneOrList[NonNegativeReal] = absent_or(NUMBERS_AT_LEAST_0)
+    hidden_decay: OneOrList[NonNegativeReal] | None = absent_or(
+        f"null (module.classifier_decay) or {NUMBERS_AT_LEAST_0}"
+    )
+    bias_decay: OneOrList[NonNegativeReal] = absent_or(NUMBERS_AT_LEAST_0)
 
 
 class CollapseMonitorConfig(Section):

@@ -45,6 +45,7 @@ from ufm_torch.cli.process import (
 from ufm_torch.cli.resume import plan_resume
 from ufm_torch.cli.validation import validate_config
 from ufm_torch.errors import ConfigError, DivergenceError
+from ufm_torch.hyperparameters import hyperparameter_grid
 from ufm_torch.run_folder.metrics_log import read_records
 from ufm_torch.run_folder.status import RunStatus, record_resume, record_resume_end, update_status
 
@@ -82,7 +83,8 @@ def build_and_fit(cfg: DictConfig, before_fit: Callable[[], None] | None = None)
     # Here, in the main process, before the Trainer starts any other (DDP spawns them): missing or damaged data
     # files, and a download that fails, are one ConfigError line (exit 2) before the run folder changes.
     datamodule.prepare_data()
-    network = instantiate(cfg.model)
+    grid = hyperparameter_grid(cfg)  # per-replica lists: one replica group per setting (ufm_torch.hyperparameters)
+    network = instantiate(cfg.model, _partial_=True)(hyperparameters=grid) if grid.axes else instantiate(cfg.model)
     module = instantiate(cfg.module, network=network, optimizer=instantiate(cfg.optimizer))
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     loggers = [instantiate(logger) for logger in cfg.logger.values()]

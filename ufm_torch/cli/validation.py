@@ -22,6 +22,7 @@ from omegaconf.errors import InterpolationResolutionError
 from pydantic import ValidationError
 
 from ufm_torch.cli.memory import check_memory
+from ufm_torch.cli.replica_checks import check_replica_grid, check_shape_keys, check_step_sizes, nonzero
 from ufm_torch.cli.schema import TrainConfig, schema_error
 from ufm_torch.errors import ConfigError
 from ufm_torch.objectives.losses import LABEL_SMOOTHING_LOSSES, LOSSES
@@ -107,16 +108,17 @@ def training_samples(cfg: DictConfig) -> int | None:
     return sum(sizes)
 
 
-def _bias_stability_limit(cfg: DictConfig) -> float | None:
-    """Largest stable SGD step size along the bias direction for a loss quadratic in b (None: no bound applies).
+def _bias_curvature(cfg: DictConfig) -> float | None:
+    """κ, the data term's curvature along the bias for an SGD run of a loss quadratic in b (None: no bound applies).
 
     The logits are linear in ``b``, so on ``b`` the objective f = D + λ_b/2‖b‖² (+ the other penalties, which do
     not involve b) is, for a squared loss, an exact quadratic with Hessian (κ + λ_b)·I, κ the loss's
     :meth:`~ufm_torch.objectives.losses.Loss.bias_curvature` over a batch (B for the summed loss, 1 for the batch
     mean; B = 1 when the data has no class sizes to count it, the loosest bound). Along it heavy-ball SGD with
     momentum μ multiplies the bias error by the roots of z² − (1 + μ − η(κ + λ_b))z + μ, which leave the unit disc
-    exactly when η ≥ 2(1 + μ)/(κ + λ_b). Without a bias (``model.bias=false``) or for a loss without a bias
-    curvature (cross-entropy) no step size is certain to diverge.
+    exactly when η ≥ 2(1 + μ)/(κ + λ_b) (checked per replica group by
+    :func:`~ufm_torch.cli.replica_checks.check_step_sizes`). Without a bias (``model.bias=false``) or for a loss
+    without a bias curvature (cross-entropy) no step size is certain to diverge.
     """
     if str(cfg.optimizer.get("_target_", "")) != "torch.optim.SGD":
         return None
@@ -124,11 +126,7 @@ def _bias_stability_limit(cfg: DictConfig) -> float | None:
         return None
     num_samples = training_samples(cfg)
     batch_size = 1 if num_samples is None else min(cfg.data.get("batch_size") or num_samples, num_samples)
-    curvature = LOSSES[effective_loss(cfg)].bias_curvature(batch_size)
-    if curvature is None:
-        return None
-    curvature += float(cfg.module.get("bias_decay") or 0.0)
-    return 2.0 * (1.0 + cfg.optimizer.get("momentum", 0.0)) / curvature
+    return LOSSES[effective_loss(cfg)].bias_curvature(batch_size)
 
 
 def _trains_free_features(cfg: DictConfig) -> bool:
@@ -155,7 +153,7 @@ def check_class_sizes(cfg: DictConfig) -> None:
 def check_bias_decay(cfg: DictConfig) -> None:
     """``module.bias_decay`` needs a bias."""
     bias_decay = OmegaConf.select(cfg, "module.bias_decay", default=0.0) or 0.0
-    if bias_decay and OmegaConf.select(cfg, "model.bias", default=True) is False:
+    if nonzero(bias_decay) and OmegaConf.select(cfg, "model.bias", default=True) is False:
         raise ConfigError(
             f"module.bias_decay={bias_decay} needs a bias, but model.bias=false; set module.bias_decay=0 or "
             "model.bias=true"
@@ -165,7 +163,7 @@ def check_bias_decay(cfg: DictConfig) -> None:
 def check_label_smoothing(cfg: DictConfig) -> None:
     """``module.label_smoothing`` belongs to the losses that support it (cross-entropy)."""
     smoothing = OmegaConf.select(cfg, "module.label_smoothing", default=0.0) or 0.0
-    if smoothing and not LOSSES[effective_loss(cfg)].supports_label_smoothing:
+    if nonzero(smoothing) and not LOSSES[effective_loss(cfg)].supports_label_smoothing:
         losses = " or ".join(f"module.loss={name}" for name in LABEL_SMOOTHING_LOSSES)
         raise ConfigError(
             f"module.label_smoothing={smoothing} applies to {losses} only (now {effective_loss(cfg)}); set "
@@ -185,22 +183,37 @@ def check_scheduler_shape(cfg: DictConfig) -> None:
 
 def check_backbone_only_keys(cfg: DictConfig) -> None:
     """``module.scheduler`` and ``callbacks.collapse_monitor.in_epochs`` apply to networks trained by autograd: the
-    UFM's fused closed-form steps (a :class:`~ufm_torch.models.ClosedFormNetwork`) bypass Lightning's scheduler
-    stepping, and its epochs are not passes over data."""
-    from ufm_torch.models import has_closed_form, target_object
+    fused steps of the UFM and the deep UFM (:func:`~ufm_torch.models.has_fused_steps`) bypass Lightning's scheduler
+    stepping, and their epochs are not passes over data."""
+    from ufm_torch.models import has_fused_steps, target_object
 
     scheduler = OmegaConf.select(cfg, "module.scheduler")
-    if not has_closed_form(target_object(str(OmegaConf.select(cfg, "model._target_", default="")))):
+    if not has_fused_steps(target_object(str(OmegaConf.select(cfg, "model._target_", default="")))):
         return
     if scheduler is not None:
         raise ConfigError(
-            f"module.scheduler={scheduler._target_} applies to backbones only: the UFM's closed-form steps do not "
+            f"module.scheduler={scheduler._target_} applies to backbones only: the UFM's fused steps do not "
             "go through Lightning's scheduler; set module.scheduler=null"
         )
     if OmegaConf.select(cfg, "callbacks.collapse_monitor.in_epochs"):
         raise ConfigError(
             "callbacks.collapse_monitor.in_epochs=true applies to backbones only (a UFM batch is a block of fused "
             "steps, not a pass over data); set it to false and use points_per_decade or every_n_steps"
+        )
+
+
+def check_hidden_decay(cfg: DictConfig) -> None:
+    """``module.hidden_decay`` needs hidden weight layers of the objective: the deep UFM's
+    (a :class:`~ufm_torch.models.FreeLayersNetwork`)."""
+    hidden_decay = OmegaConf.select(cfg, "module.hidden_decay")
+    if hidden_decay is None:
+        return
+    from ufm_torch.models import has_free_layers, target_object
+
+    if not has_free_layers(target_object(str(OmegaConf.select(cfg, "model._target_", default="")))):
+        raise ConfigError(
+            f"module.hidden_decay={hidden_decay} applies to model=deep_ufm only (the decay of its hidden weights); "
+            "set module.hidden_decay=null"
         )
 
 
@@ -235,6 +248,7 @@ def validate_config(cfg: DictConfig) -> None:
     the config come first (no torch); those that ask the network's class, the metric tags or the devices come last.
     """
     config = resolved_config(cfg)
+    check_shape_keys(config)
     write_integers(cfg, config, check_schema(config))
     check_class_sizes(cfg)
     check_bias_decay(cfg)
@@ -243,18 +257,15 @@ def validate_config(cfg: DictConfig) -> None:
     num_samples = training_samples(cfg)
     check_label_smoothing(cfg)
     check_backbone_only_keys(cfg)
+    check_hidden_decay(cfg)
     check_objective(cfg)
     from ufm_torch.training.precision import resolve_precision
 
     resolve_precision(cfg)
-    limit = _bias_stability_limit(cfg)
-    if limit is not None and cfg.optimizer.lr >= limit and not cfg.allow_unstable:
-        curvature = 2.0 * (1.0 + cfg.optimizer.get("momentum", 0.0)) / limit
-        raise ConfigError(
-            f"optimizer.lr={cfg.optimizer.lr} must be < {limit:.6g} = 2(1+momentum)/{curvature:g} for this SGD run, "
-            f"{curvature:g} being the bias direction's curvature (batch size for sum_squared, 1 for mean_squared, "
-            "plus module.bias_decay; it diverges otherwise); set allow_unstable=true to run it anyway"
-        )
+    grid = check_replica_grid(cfg)
+    curvature = _bias_curvature(cfg)
+    if curvature is not None:
+        check_step_sizes(cfg, grid, curvature, cfg.optimizer.get("momentum", 0.0))
     check_accelerator(cfg)
     check_memory(cfg, num_samples, _trains_free_features(cfg), LOSSES[effective_loss(cfg)])
     feature_dim = OmegaConf.select(cfg, "model.feature_dim")
@@ -265,7 +276,7 @@ def validate_config(cfg: DictConfig) -> None:
             "impossible (Theorem 3(c) needs rank W0 >= C - 1)",
             stacklevel=2,
         )
-    decays = [OmegaConf.select(cfg, f"module.{name}", default=0.0) or 0.0 for name in DECAYS_OF_THE_ORACLE]
+    decays = [nonzero(OmegaConf.select(cfg, f"module.{name}", default=0.0)) for name in DECAYS_OF_THE_ORACLE]
     if all(decays) and feature_dim is not None and num_classes is not None and feature_dim < num_classes:
         warnings.warn(
             f"model.feature_dim={feature_dim} < data.num_classes={num_classes}: the global-optimum oracle needs "

@@ -11,7 +11,7 @@ Deep neural collapse at layer l (the paper's DNC1–DNC3, measured as follows; `
 - ``dnc1``: NC1 ``tr(Σ_W Σ_B⁺)/K`` of ``H_l``, ``dnc1_preactivation`` the same of ``Z_l = W_l H_l``
   (:func:`dnc1`, the definition of :mod:`ufm_torch.metrics.neural_collapse`, not a second implementation);
 - ``dnc2``: ``‖G/‖G‖_F − G*/‖G*‖_F‖_F`` of the class means' Gram G against a :class:`FrameGeometry` (:func:`dnc2`):
-  an orthogonal frame after a ReLU, a simplex ETF for ``H_1`` and linear layers (:meth:`Activation.frame`);
+  an orthogonal frame after a ReLU, a simplex ETF for ``H_1`` and linear layers (:func:`dnc2_geometry`);
 - ``dnc3``: the energy-weighted misalignment of the rows of ``W_l`` with the class means of ``H_l`` (:func:`dnc3`);
 - ``rank`` of ``H_l``, ``class_mean_rank`` of ``[μ_1 … μ_K]``: singular values above
   :data:`RANK_TOLERANCE` ``· σ_max`` (:func:`numerical_rank`; the low-rank bias of Súkeník, Lampert & Mondelli
@@ -49,6 +49,7 @@ from ufm_torch.metrics.statistics import (
     warn_undefined,
 )
 from ufm_torch.metrics.variability import unit_rows
+from ufm_torch.models import Activation
 
 DEEP_COLLAPSE_METRIC_NAMES = (
     "dnc1",
@@ -104,22 +105,13 @@ class FrameGeometry(Enum):
         return identity / num_classes**0.5
 
 
-class Activation(Enum):
-    """σ of the deep UFM's hidden layers (the values are the names of :mod:`ufm_torch.theory.deep_problem`)."""
-
-    LINEAR = "linear"
-    RELU = "relu"
-
-    def apply(self, preactivation: Tensor) -> Tensor:
-        """``σ(Z)``."""
-        return torch.relu(preactivation) if self is Activation.RELU else preactivation
-
-    def frame(self, layer: int) -> FrameGeometry:
-        """DNC2's geometry for ``H_l``: an orthogonal frame for a post-ReLU layer (l ≥ 2), a simplex ETF for the free
-        ``H_1`` and every layer of a linear network (Súkeník et al. 2023, DNC2)."""
-        if self is Activation.RELU and layer >= 2:
-            return FrameGeometry.ORTHOGONAL_FRAME
-        return FrameGeometry.SIMPLEX_ETF
+def dnc2_geometry(activation: Activation, layer: int) -> FrameGeometry:
+    """DNC2's geometry for ``H_l`` of a deep network with hidden activation σ: an orthogonal frame for a post-ReLU
+    layer (l ≥ 2), a simplex ETF for the free ``H_1`` and every layer of a linear network (Súkeník et al. 2023,
+    DNC2)."""
+    if activation is Activation.RELU and layer >= 2:
+        return FrameGeometry.ORTHOGONAL_FRAME
+    return FrameGeometry.SIMPLEX_ETF
 
 
 def undefined(name: str, shape: torch.Size, like: Tensor, reason: str) -> Tensor:
@@ -261,7 +253,7 @@ def deep_collapse_metrics(
     ``W_1, …, W_L`` ``(..., d_out, d_in)`` (no bias; ``W_L`` has one row per class, K = its rows).
 
     Entry l − 1 holds, for ``H_l`` (``H_{l+1} = σ(W_l H_l)``, ``Z_l = W_l H_l``): ``dnc1`` and ``dnc1_preactivation``
-    (:func:`dnc1` of ``H_l`` and of ``Z_l``; ``Z_L`` are the logits), ``dnc2`` against ``activation.frame(l)``,
+    (:func:`dnc1` of ``H_l`` and of ``Z_l``; ``Z_L`` are the logits), ``dnc2`` against ``dnc2_geometry(activation, l)``,
     ``dnc3`` of ``W_l`` against the class means of ``H_l`` (``rows_are_classes`` for ``W_L``), ``rank`` and
     ``stable_rank`` of ``H_l`` and ``class_mean_rank``. ``Z_l`` is computed in the promoted dtype of ``H_l`` and
     ``W_l``, as the network computes it; the metrics are float64 ``(...)``.
@@ -276,7 +268,7 @@ def deep_collapse_metrics(
         values = {
             "dnc1": dnc1(statistics),
             "dnc1_preactivation": dnc1(class_statistics(preactivation, labels, num_classes)),
-            **class_mean_metrics(statistics.means, activation.frame(layer), weight, layer == len(weights)),
+            **class_mean_metrics(statistics.means, dnc2_geometry(activation, layer), weight, layer == len(weights)),
             "rank": numerical_rank(rows),
             "stable_rank": stable_rank(rows),
         }

@@ -35,13 +35,14 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from ufm_torch.errors import ConfigError
+from ufm_torch.metrics.deep_collapse import class_mean_metrics, dnc1, dnc2_geometry, numerical_rank, stable_rank
 from ufm_torch.metrics.layers import FeatureMap, LayerTaps, classifier_parameters, find_module, read_batch
 from ufm_torch.metrics.statistics import ClassLabels, ClassStatistics, class_statistics
 from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES, snc_metrics_from_statistics
 from ufm_torch.metrics.tags import HELDOUT_ACCURACY_TAG, LOSS_TAG, TRAIN_ACCURACY_TAG, metric_tag
 from ufm_torch.metrics.two_pass import CentredMomentsAccumulator, ClassMeansAccumulator
 from ufm_torch.metrics.variability import layer_metrics_from_statistics, layer_metrics_with_statistics
-from ufm_torch.models import ClosedFormNetwork
+from ufm_torch.models import ClosedFormNetwork, FreeLayersNetwork
 
 TRAIN = "train"
 HELDOUT = "heldout"
@@ -182,6 +183,66 @@ def measure_free_features(
     values[LOSS_TAG] = objective(logits, labels.labels, features).to(torch.float64)
     values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels.labels).to(torch.float64).mean(-1)
     return NetworkMeasurement([LayerValues(layer, TRAIN, values)], statistics.means)
+
+
+FREE_LAYER_NAMES = ("network.features", "network.layers.{index}")
+"""Module names under which a deep UFM's layers are recorded: ``H_1`` is the free parameter ``features``, ``H_{l+1}``
+the output of hidden layer ``layers.<l − 1>`` (where forward hooks would read it); ``H_L`` is the classifier's input,
+recorded under the classifier's name like every network's main layer."""
+
+
+def free_layer_names(network: FreeLayersNetwork, main: str) -> list[str]:
+    """The layers :func:`measure_free_layers` records, in its order: ``main`` (the classifier's input H_L), then
+    ``H_1, …, H_{L−1}`` by :data:`FREE_LAYER_NAMES`."""
+    hidden = len(network.free_layers().weights) - 1
+    return [main, *(FREE_LAYER_NAMES[0] if index == 0 else FREE_LAYER_NAMES[1].format(index=index - 1)
+                    for index in range(hidden))]  # fmt: skip
+
+
+@torch.inference_mode()
+def measure_free_layers(
+    network: FreeLayersNetwork, labels: ClassLabels, layer: str, objective: Objective, logits: Tensor | None = None
+) -> NetworkMeasurement:
+    """Every collapse metric of every layer of each deep-UFM replica from its parameters (no data loader, no hooks),
+    plus ``train/loss`` and ``train/accuracy``.
+
+    The rows of ``H_1`` are the free features, ``H_{l+1} = σ(W_l H_l)`` (Súkeník, Mondelli & Lampert 2023). Each layer
+    gets the metrics of :func:`~ufm_torch.metrics.layer_metrics_with_statistics` of its class statistics (NC1 is
+    DNC1), and :data:`~ufm_torch.metrics.tags.DEEP_COLLAPSE_TAGS`: DNC1 of the pre-activations ``W_l H_l``, DNC2
+    against the geometry of :func:`~ufm_torch.metrics.deep_collapse.dnc2_geometry`, DNC3 of the weight that reads the
+    layer, and the ranks. ``H_L``, the classifier's input, is the main layer (recorded as ``layer``, the classifier's
+    name): it also gets the classifier metrics and SNC1–SNC3, so that a depth-1 deep UFM records what the UFM records;
+    the others are recorded under :data:`FREE_LAYER_NAMES`.
+    """
+    parameters = network.free_layers()
+    head, num_classes = network.head, network.num_classes
+    rows, entries = parameters.features, []
+    for index, weight in enumerate(parameters.weights, start=1):
+        statistics = class_statistics(rows, labels, num_classes)
+        preactivation = rows @ weight.transpose(-1, -2)
+        is_classifier = index == len(parameters.weights)
+        values = tagged(
+            layer_metrics_with_statistics(statistics, weight, head.bias) if is_classifier
+            else layer_metrics_with_statistics(statistics)
+        )  # fmt: skip
+        values |= tagged({
+            "dnc1_preactivation": dnc1(class_statistics(preactivation, labels, num_classes)),
+            **class_mean_metrics(statistics.means, dnc2_geometry(parameters.activation, index), weight, is_classifier),
+            "rank": numerical_rank(rows),
+            "stable_rank": stable_rank(rows),
+        })  # fmt: skip
+        if is_classifier:
+            values |= tagged(strong_collapse_values(statistics, weight, head.bias, labels))
+            logits = head(rows) if logits is None else logits
+            values[LOSS_TAG] = objective(logits, labels.labels, rows).to(torch.float64)
+            values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels.labels).to(torch.float64).mean(-1)
+            entries.insert(0, LayerValues(layer, TRAIN, values))
+            main_means = statistics.means
+        else:
+            name = FREE_LAYER_NAMES[0] if index == 1 else FREE_LAYER_NAMES[1].format(index=index - 2)
+            entries.append(LayerValues(name, TRAIN, values))
+            rows = parameters.activation.apply(preactivation)
+    return NetworkMeasurement(entries, main_means)
 
 
 def float64_logits(head: nn.Module, features: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ SNC1–SNC3 and the distance to S (Mixon et al., Figures 1 and 2), ``train/`` an
 
 from __future__ import annotations
 
+from ufm_torch.metrics.deep_collapse import DEEP_COLLAPSE_METRIC_NAMES
 from ufm_torch.metrics.neural_collapse import NC_METRIC_NAMES
 from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES
 
@@ -17,6 +18,13 @@ NC_TAGS = ("collapse/nc1", "collapse/nc2_etf", "collapse/nc3", "collapse/nc4")
 FIELD_TAGS = ("collapse/cdnv", "collapse/gnc2", "collapse/unc3", "collapse/ncc_agreement")
 """The field's newer measures: CDNV (Galanti, György & Hutter 2022), GNC2 (Liu et al. 2023), UNC3 (Wu & Papyan
 2024) and the nearest-centre agreement 1 − NC4 (:mod:`ufm_torch.metrics.variability`)."""
+DEEP_COLLAPSE_TAGS = tuple(f"{COLLAPSE}/{name}" for name in DEEP_COLLAPSE_METRIC_NAMES if name != "dnc1")
+"""Deep neural collapse at every layer of a deep UFM (Súkeník, Mondelli & Lampert 2023: DNC1 of the pre-activations,
+DNC2, DNC3) and the layer's ranks (Súkeník, Lampert & Mondelli 2024); DNC1 of the layer itself is ``collapse/nc1``
+(:mod:`ufm_torch.metrics.deep_collapse`)."""
+LOSS_VS_DNC_TAG = "optimum/loss_vs_dnc"
+"""f − f_DNC: a deep ReLU UFM's loss against the best point of the DNC family where no global optimum is known
+(K > 2; :func:`ufm_torch.theory.relu_dnc_reference`); negative when training found a lower, low-rank solution."""
 SNC_TAGS = ("strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S")
 LOSS_TAG = "train/loss"
 TRAIN_ACCURACY_TAG = "train/accuracy"
@@ -32,7 +40,10 @@ OPTIMUM_TAGS = ("optimum/loss_gap", "optimum/classifier_gram", "optimum/feature_
 def scalar_tags() -> tuple[str, ...]:
     """Every scalar metric tag a run can log: each NC and SNC metric, the losses and accuracies."""
     names = (*NC_METRIC_NAMES, *SNC_METRIC_NAMES)
-    return (*(metric_tag(name) for name in names), *FIELD_TAGS, LOSS_TAG, *ACCURACY_TAGS, *OPTIMUM_TAGS)
+    return (
+        *(metric_tag(name) for name in names), *FIELD_TAGS, *DEEP_COLLAPSE_TAGS, LOSS_TAG, *ACCURACY_TAGS,
+        *OPTIMUM_TAGS, LOSS_VS_DNC_TAG,
+    )  # fmt: skip
 
 
 def metric_tag(name: str) -> str:

@@ -1,24 +1,32 @@
 """What a network is: the contract that the trainer and the collapse monitor rely on, declared once.
 
 Every network satisfies :class:`Network`: the UFM (:class:`~ufm_torch.models.UnconstrainedFeatures`), every
-:class:`~ufm_torch.models.Backbone`, and a network added later (a deep UFM, say). A network whose logits are
-``HᵀWᵀ + 1bᵀ`` with H itself a parameter, the single-layer UFM of Mixon et al. (Section 2), also satisfies
+:class:`~ufm_torch.models.Backbone`, the deep UFM (:class:`~ufm_torch.models.DeepUnconstrainedFeatures`). A
+network whose logits are ``HᵀWᵀ + 1bᵀ`` with H itself a parameter, the single-layer UFM of Mixon et al. (Section 2),
+also satisfies
 :class:`ClosedFormNetwork`: its objective has the closed-form gradient of :mod:`ufm_torch.objectives.ufm`, so the
 trainer takes fused closed-form steps on it, the monitor measures H as one tensor and the global-optimum oracle
-applies. Any other network, whatever else it declares, trains by autograd and is measured through forward hooks.
+applies. A network whose every parameter is free, features and a chain of weight layers (the deep UFM),
+satisfies :class:`FreeLayersNetwork`: the trainer takes fused
+full-batch steps on it by hand-written backpropagation. Any other network trains by autograd; every network but the
+closed-form one is measured through forward hooks.
 
-The config checks ask two questions of the class a config's ``_target_`` names, before anything is built
-(:func:`target_object`): :func:`has_free_features` and :func:`has_closed_form`.
+The config checks ask the class a config's ``_target_`` names, before anything is built (:func:`target_object`):
+:func:`has_free_features`, :func:`has_closed_form` and :func:`has_fused_steps`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from hydra.utils import get_object
 from torch import Tensor, nn
 
+from ufm_torch.hyperparameters import HyperparameterSetting
 from ufm_torch.models.head import LinearHead
+
+if TYPE_CHECKING:
+    from ufm_torch.models.deep_ufm import Activation
 
 UFM_DEFAULT_LOSS = "sum_squared"
 """The loss of a network with free features when ``module.loss`` is null: the paper's ½‖WH + b1ᵀ − Y‖²_F (Mixon et
@@ -28,11 +36,13 @@ BACKBONE_DEFAULT_LOSS = "mean_squared"
 
 
 class ReplicaIdentity(NamedTuple):
-    """Who a replica is: its init scale ε (None for a backbone), its copy index and its seed."""
+    """Who a replica is: its init scale ε (None for a backbone), its copy index, its seed and the values of the
+    hyperparameters that vary between replicas (:mod:`ufm_torch.hyperparameters`; empty when none does)."""
 
     init_scale: float | None
     copy: int
     seed: int | None
+    hyperparameters: HyperparameterSetting = HyperparameterSetting()
 
 
 class Network(Protocol):
@@ -60,7 +70,8 @@ class Network(Protocol):
         ...
 
     def replica_identities(self) -> list[ReplicaIdentity]:
-        """``(ε, copy, seed)`` of every replica, in replica order (what each record of the monitor names)."""
+        """``(ε, copy, seed, hyperparameters)`` of every replica, in replica order (what each record of the monitor
+        names)."""
         ...
 
     def forward_features(self, inputs: Tensor) -> Tensor:
@@ -89,6 +100,31 @@ class ClosedFormNetwork(Network, Protocol):
         ...
 
 
+class FreeLayers(NamedTuple):
+    """The parameters of a :class:`FreeLayersNetwork`, updated in place by its fused steps: ``features`` F = H_1ᵀ
+    ``(R, n, p)`` (row i is sample i), ``weights`` ``(W_1, …, W_L)`` each ``(R, out, in)`` with W_L the head's
+    weight, and the activation σ of the hidden layers."""
+
+    features: nn.Parameter
+    weights: tuple[nn.Parameter, ...]
+    activation: Activation
+
+
+class FreeLayersNetwork(Network, Protocol):
+    """A :class:`Network` whose logits are ``W_L σ(W_{L−1} ⋯ σ(W_1 H_1)) + b1ᵀ`` with H_1 and every W_l parameters:
+    the deep UFM (Súkeník et al. 2023; Dang et al. 2023).
+
+    Its full-batch gradient is backpropagation through L products, which
+    :mod:`ufm_torch.training.deep_steps` writes out batched over replicas: the trainer takes many such steps per
+    Lightning batch, as it does closed-form steps for a :class:`ClosedFormNetwork`. ``head.bias`` is b (a zero buffer
+    when ``head.has_bias`` is False).
+    """
+
+    def free_layers(self) -> FreeLayers:
+        """H_1ᵀ of every training sample, ``(W_1, …, W_L)`` and σ."""
+        ...
+
+
 def has_free_features(network: nn.Module | object) -> bool:
     """:attr:`Network.free_features` of ``network`` (a network, or the class or factory that builds one); a factory
     function (``resnet18_small``) declares nothing and builds a backbone."""
@@ -99,6 +135,19 @@ def has_closed_form(network: nn.Module | object) -> bool:
     """Whether ``network`` (a network, or the class that builds one) is a :class:`ClosedFormNetwork`, i.e. defines
     :meth:`~ClosedFormNetwork.closed_form_features`."""
     return callable(getattr(network, "closed_form_features", None))
+
+
+def has_free_layers(network: nn.Module | object) -> bool:
+    """Whether ``network`` (a network, or the class that builds one) is a :class:`FreeLayersNetwork`, i.e. defines
+    :meth:`~FreeLayersNetwork.free_layers`."""
+    return callable(getattr(network, "free_layers", None))
+
+
+def has_fused_steps(network: nn.Module | object) -> bool:
+    """Whether the trainer takes fused full-batch steps of its own on ``network`` (a :class:`ClosedFormNetwork` or a
+    :class:`FreeLayersNetwork`), under manual optimisation: Lightning then steps no scheduler and an epoch is not a
+    pass over data."""
+    return has_closed_form(network) or has_free_layers(network)
 
 
 def target_object(target: str) -> object | None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ufm_torch.hyperparameters import HyperparameterGrid
 from ufm_torch.models.contract import ReplicaIdentity
 from ufm_torch.models.head import LinearHead
 
@@ -111,8 +112,10 @@ class UnconstrainedFeatures(nn.Module):
 
     Initialisation (Section 2): for each replica, H₀ (``n × p``) and W₀ are Gaussian directions rescaled so that
     ‖H₀‖_F = ‖W₀‖_F = ε and b₀ = 0; a balanced model draws exactly the numbers it drew before class sizes existed.
-    Replicas are ordered scale-major: replica ``r`` has init scale ``init_scales[r]``, copy index
-    ``copy_indices[r] = r % replicas`` and seed ``seeds[r]`` from :func:`replica_seeds`.
+    ``hyperparameters`` (:class:`~ufm_torch.hyperparameters.HyperparameterGrid`, from the config's per-replica lists)
+    makes one replica group per setting: replicas are ordered setting-major, then scale-major: replica ``r`` has
+    setting ``settings[r]``, init scale ``init_scales[r]``, copy index ``copy_indices[r] = r % replicas`` and seed
+    ``seeds[r]`` from :func:`replica_seeds`, so that copy k of every setting and ε starts from the same directions.
     Inputs are sample indices; ``forward`` returns logits of shape ``(R, B, C)``. A
     :class:`~ufm_torch.models.contract.ClosedFormNetwork`: the trainer takes fused closed-form steps on
     :meth:`closed_form_features`.
@@ -132,6 +135,7 @@ class UnconstrainedFeatures(nn.Module):
         bias: bool = True,
         imbalance_ratio: float = 1.0,
         minority_classes: int | None = None,
+        hyperparameters: HyperparameterGrid | None = None,
     ) -> None:
         super().__init__()
         self.class_sizes = class_sizes(num_classes, samples_per_class, imbalance_ratio, minority_classes)
@@ -141,7 +145,10 @@ class UnconstrainedFeatures(nn.Module):
         self.imbalance_ratio = float(imbalance_ratio)
         self.minority_classes = minority_classes
         self.feature_dim = feature_dim
-        self.init_scales = expand_init_scales(init_scale, replicas)
+        group_scales = expand_init_scales(init_scale, replicas)
+        grid_settings = (hyperparameters or HyperparameterGrid()).settings()
+        self.settings = [setting for setting in grid_settings for _ in group_scales]
+        self.init_scales = group_scales * len(grid_settings)
         self.copy_indices = [r % replicas for r in range(len(self.init_scales))]
         copy_seeds = replica_seeds(seed, replicas)
         self.seeds = [copy_seeds[copy] for copy in self.copy_indices]
@@ -166,10 +173,10 @@ class UnconstrainedFeatures(nn.Module):
         return len(self.init_scales)
 
     def replica_identities(self) -> list[ReplicaIdentity]:
-        """``(ε, copy, seed)`` of every replica, in replica order."""
+        """``(ε, copy, seed, hyperparameters)`` of every replica, in replica order."""
         return [
             ReplicaIdentity(*identity)
-            for identity in zip(self.init_scales, self.copy_indices, self.seeds, strict=True)
+            for identity in zip(self.init_scales, self.copy_indices, self.seeds, self.settings, strict=True)
         ]
 
     def closed_form_features(self) -> nn.Parameter:

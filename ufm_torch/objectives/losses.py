@@ -52,17 +52,22 @@ def mean_squared_error(logits: Tensor, labels: Tensor) -> Tensor:
     return sum_squared_error(logits, labels) / logits.shape[-2]
 
 
-def cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float | Tensor = 0.0) -> Tensor:
     """Mean softmax cross-entropy over the batch, per replica: ``(1/B) Σ_i [logsumexp(z_i) − q_{y_i}ᵀz_i]``.
 
     With label smoothing ``s ∈ [0, 1)`` the target of class k is ``q_k = (1 − s)e_k + (s/C)1``, so a sample's loss
     is ``(1 − s)·(−log p_{y_i}) + s·mean_c(−log p_c)``, exactly ``torch.nn.functional.cross_entropy(...,
-    label_smoothing=s)`` (Szegedy et al. 2016, "Rethinking the Inception architecture", Section 7).
+    label_smoothing=s)`` (Szegedy et al. 2016, "Rethinking the Inception architecture", Section 7). ``s`` may be a
+    tensor of the replica shape ``(...)``: one per replica.
     """
     log_probs = logits.log_softmax(dim=-1)
     nll = -log_probs.gather(-1, labels.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-    if label_smoothing:
-        nll = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
+    if isinstance(label_smoothing, float | int):
+        if label_smoothing:
+            nll = (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
+    else:
+        smoothing = label_smoothing.unsqueeze(-1)
+        nll = (1.0 - smoothing) * nll - smoothing * log_probs.mean(-1)
     return nll.mean(-1)
 
 
@@ -90,9 +95,9 @@ class Loss(ABC):
     """κ with ``∇²_z ℓ(z, q) ⪯ κI`` for every z: the oracle's step bound (:mod:`ufm_torch.theory.optimum`)."""
 
     @abstractmethod
-    def value(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    def value(self, logits: Tensor, labels: Tensor, label_smoothing: float | Tensor = 0.0) -> Tensor:
         """D per replica, shape ``(...)``, from ``logits`` ``(..., n, C)`` and ``labels`` ``(n,)``; ``label_smoothing``
-        is s (0 unless :attr:`supports_label_smoothing`)."""
+        is s (0 unless :attr:`supports_label_smoothing`), a number or a tensor of the replica shape."""
 
     @abstractmethod
     def bias_curvature(self, batch_size: int) -> float | None:
@@ -125,7 +130,7 @@ class SumSquaredError(Loss):
     mean_reduced = False
     logit_curvature = 1.0
 
-    def value(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    def value(self, logits: Tensor, labels: Tensor, label_smoothing: float | Tensor = 0.0) -> Tensor:
         """``½‖Z − Y‖²_F`` per replica."""
         return sum_squared_error(logits, labels)
 
@@ -142,7 +147,7 @@ class MeanSquaredError(Loss):
     mean_reduced = True
     logit_curvature = 1.0
 
-    def value(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    def value(self, logits: Tensor, labels: Tensor, label_smoothing: float | Tensor = 0.0) -> Tensor:
         """``½ mean_i ‖z_i − y_i‖²`` per replica."""
         return mean_squared_error(logits, labels)
 
@@ -161,7 +166,7 @@ class CrossEntropy(Loss):
     logit_curvature = 0.5
     """``vᵀ(diag p − ppᵀ)v`` is a variance, at most ``(max v − min v)²/4 ≤ ‖v‖²/2``."""
 
-    def value(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    def value(self, logits: Tensor, labels: Tensor, label_smoothing: float | Tensor = 0.0) -> Tensor:
         """The mean label-smoothed cross-entropy per replica."""
         return cross_entropy(logits, labels, label_smoothing)
 

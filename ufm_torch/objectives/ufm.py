@@ -21,6 +21,11 @@ Closed-form gradient, with the residual ``R = ∂D/∂logits`` of shape ``(n, C)
 
 ``R = Z − Y`` (sum_squared), ``(Z − Y)/n`` (mean_squared), ``(softmax(Z) − Y_s)/n`` (cross_entropy, ``Y_s`` the
 smoothed targets), ``Z = FWᵀ + 1bᵀ`` the logits. A model without bias has ``b ≡ 0``: no λ_b term and no ∇_b.
+
+Per replica: s, λ_H, λ_W and λ_b are each a number (every replica's) or a tuple of R numbers, one per replica in
+replica order (:data:`PerReplica`; :mod:`ufm_torch.hyperparameters`). A tuple acts as a tensor of shape ``(R, 1, …)``
+broadcast over each replica's rows (:func:`replica_tensor`), so one batched product serves every replica; the
+smoothed targets are then ``(R, n, C)``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,22 @@ import torch
 from torch import Tensor
 
 from ufm_torch.objectives.losses import LABEL_SMOOTHING_LOSSES, LOSSES, Loss, one_hot_targets, smoothed_targets
+
+PerReplica = float | tuple[float, ...]
+"""A value of every replica (a number) or of each replica (a tuple of R numbers, in replica order)."""
+
+
+def replica_tensor(value: PerReplica, like: Tensor, trailing: int = 0) -> float | Tensor:
+    """``value`` as a number, or per replica as a tensor of ``like``'s dtype and device of shape ``(R, 1, …, 1)``
+    (``trailing`` ones), which broadcasts against a replica-major tensor ``(R, …)``."""
+    if isinstance(value, float | int):
+        return float(value)
+    return torch.tensor(value, dtype=like.dtype, device=like.device).view(-1, *([1] * trailing))
+
+
+def replica_values(value: PerReplica) -> tuple[float, ...]:
+    """The values of ``value`` as a tuple: the shared number once, or one per replica."""
+    return (float(value),) if isinstance(value, float | int) else tuple(value)
 
 
 def residual(features: Tensor, weight: Tensor, bias: Tensor, labels: Tensor) -> Tensor:
@@ -65,27 +86,29 @@ class Objective:
 
     ``loss`` names the data term D (``module.loss``), ``label_smoothing`` is s (``cross_entropy`` only),
     ``feature_decay`` λ_H, ``classifier_decay`` λ_W, ``bias_decay`` λ_b (each ≥ 0; the defaults give the paper's
-    risk). ``bias`` arguments are None for a bias-free model (b ≡ 0).
+    risk); each of the four is a number or a tuple of one value per replica (:data:`PerReplica`). ``bias``
+    arguments are None for a bias-free model (b ≡ 0).
     """
 
     loss: str = "sum_squared"
-    label_smoothing: float = 0.0
-    feature_decay: float = 0.0
-    classifier_decay: float = 0.0
-    bias_decay: float = 0.0
+    label_smoothing: PerReplica = 0.0
+    feature_decay: PerReplica = 0.0
+    classifier_decay: PerReplica = 0.0
+    bias_decay: PerReplica = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"module.loss={self.loss!r} is not one of {sorted(LOSSES)}")
-        if not 0.0 <= self.label_smoothing < 1.0:
+        smoothing = replica_values(self.label_smoothing)
+        if not all(0.0 <= value < 1.0 for value in smoothing):
             raise ValueError(f"module.label_smoothing={self.label_smoothing} must lie in [0, 1)")
-        if self.label_smoothing and not self.data_loss.supports_label_smoothing:
+        if any(smoothing) and not self.data_loss.supports_label_smoothing:
             raise ValueError(
                 f"module.label_smoothing applies to {' or '.join(LABEL_SMOOTHING_LOSSES)} only, not to {self.loss}"
             )
         for name in ("feature_decay", "classifier_decay", "bias_decay"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
+            if not all(math.isfinite(item) and item >= 0 for item in replica_values(value)):
                 raise ValueError(f"module.{name}={value} must be a finite number >= 0")
 
     @property
@@ -95,26 +118,32 @@ class Objective:
 
     @property
     def is_regularised(self) -> bool:
-        """Whether any decay is non-zero (otherwise f = D)."""
-        return bool(self.feature_decay or self.classifier_decay or self.bias_decay)
+        """Whether any decay of any replica is non-zero (otherwise f = D)."""
+        decays = (self.feature_decay, self.classifier_decay, self.bias_decay)
+        return any(any(replica_values(decay)) for decay in decays)
 
     def targets(self, labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-        """Rows of ``Y`` (or of the smoothed ``Y_s`` for the cross-entropy), shape ``(n, C)``."""
-        return smoothed_targets(labels, num_classes, dtype, self.label_smoothing)
+        """Rows of ``Y`` (or of the smoothed ``Y_s`` for the cross-entropy), shape ``(n, C)``; ``(R, n, C)`` when s
+        differs between replicas."""
+        if isinstance(self.label_smoothing, float | int):
+            return smoothed_targets(labels, num_classes, dtype, self.label_smoothing)
+        smoothing = torch.tensor(self.label_smoothing, dtype=dtype, device=labels.device).view(-1, 1, 1)
+        return one_hot_targets(labels, num_classes, dtype) * (1.0 - smoothing) + smoothing / num_classes
 
     def data_term(self, logits: Tensor, labels: Tensor) -> Tensor:
         """``D`` per replica from the logits ``(..., n, C)``."""
-        return self.data_loss.value(logits, labels, self.label_smoothing)
+        return self.data_loss.value(logits, labels, replica_tensor(self.label_smoothing, logits))
 
     def penalty(self, features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """``λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (only the non-zero terms are computed)."""
+        """``λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (only the terms of some non-zero decay are
+        computed)."""
         total = weight.new_zeros(weight.shape[:-2])
-        if self.classifier_decay:
-            total = total + 0.5 * self.classifier_decay * weight.square().sum(dim=(-1, -2))
-        if self.feature_decay:
-            total = total + 0.5 * self.feature_decay * features.square().sum(dim=(-1, -2))
-        if self.bias_decay and bias is not None:
-            total = total + 0.5 * self.bias_decay * bias.square().sum(dim=-1)
+        if any(replica_values(self.classifier_decay)):
+            total = total + 0.5 * replica_tensor(self.classifier_decay, weight) * weight.square().sum(dim=(-1, -2))
+        if any(replica_values(self.feature_decay)):
+            total = total + 0.5 * replica_tensor(self.feature_decay, features) * features.square().sum(dim=(-1, -2))
+        if any(replica_values(self.bias_decay)) and bias is not None:
+            total = total + 0.5 * replica_tensor(self.bias_decay, bias) * bias.square().sum(dim=-1)
         return total
 
     def value(self, features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:
@@ -133,9 +162,9 @@ class Objective:
             logits = logits + bias.unsqueeze(-2)
         targets = self.targets(labels, weight.shape[-2], logits.dtype)
         rows = self.data_loss.residual(logits, targets)
-        grad_features = rows @ weight + self.feature_decay * features
-        grad_weight = rows.transpose(-1, -2) @ features + self.classifier_decay * weight
-        grad_bias = None if bias is None else rows.sum(dim=-2) + self.bias_decay * bias
+        grad_features = rows @ weight + replica_tensor(self.feature_decay, features, trailing=2) * features
+        grad_weight = rows.transpose(-1, -2) @ features + replica_tensor(self.classifier_decay, weight, 2) * weight
+        grad_bias = None if bias is None else rows.sum(dim=-2) + replica_tensor(self.bias_decay, bias, 1) * bias
         return grad_features, grad_weight, grad_bias
 
 

@@ -4,8 +4,9 @@ TensorBoard's run selector enables runs by default only while at most
 :data:`MAX_RUNS_SELECTED_BY_DEFAULT` of them match its filter (``maxNamesToEnableByDefault`` of its multi-checkbox;
 ``tests/test_dashboard.py`` reads it from the installed TensorBoard). A sweep has far more runs: one per replica, per
 layer and split. With none selected every Custom Scalars chart is empty ("Matches (0)"). The charts read only the
-summary runs ``eps=<ε>`` (median and band over replicas) and, for a backbone, its layer and split runs, so the link
-sets the selector's filter (``regexInput`` in the URL) to :data:`DASHBOARD_RUNS` and they alone are selected.
+summary runs of the replica groups (``eps=<ε>``: median and band over replicas) and, for a backbone, its layer and
+split runs, so the link sets the selector's filter (``regexInput`` in the URL) to :data:`DASHBOARD_RUNS` and they
+alone are selected.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
+from ufm_torch.hyperparameters import HYPERPARAMETERS, INIT_SCALE_LABEL
+
 MAX_RUNS_SELECTED_BY_DEFAULT = 40
 """TensorBoard selects the runs matching its filter by default only when there are at most this many."""
 
-DASHBOARD_RUNS = r"(eps=[^/]+|backbone(/[^/]+)*)$"
-"""The runs the Custom Scalars layout reads: a UFM's summary runs ``eps=<ε>`` (not ``eps=<ε>/rep=<copy>``), and a
-backbone's ``backbone``, ``backbone/layer=<name>`` and ``backbone/heldout`` runs (:mod:`ufm_torch.run_folder.names`)."""
+GROUP_LABELS = "|".join([INIT_SCALE_LABEL, *(parameter.label for parameter in HYPERPARAMETERS.values())])
+DASHBOARD_RUNS = rf"((?:{GROUP_LABELS})=[^/]+|backbone(/[^/]+)*)$"
+"""The runs the Custom Scalars layout reads: a UFM's summary runs, whose names end in a group's value (``eps=<ε>``,
+``lam_W=0.01/lam_H=0.02``; not ``…/rep=<copy>``), and a backbone's ``backbone``, ``backbone/layer=<name>`` and
+``backbone/heldout`` runs (:mod:`ufm_torch.run_folder.names`)."""
 
 
 def event_runs(folder: Path) -> list[str]:

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf.errors import OmegaConfBaseException
 
+from ufm_torch.hyperparameters import hyperparameter_grid
 from ufm_torch.run_folder.layout import CONFIG_FILE, METRICS_FILE, OVERRIDES_FILE, is_run_folder
 from ufm_torch.run_folder.metrics_log import read_records
+from ufm_torch.run_folder.names import replica_run_names
 from ufm_torch.run_folder.status import read_status
 
 
@@ -64,9 +67,11 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
 
 
 def expected_replicas(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Replica index, copy index and ε of every replica a UFM config asks for (scale-major, as the model orders them).
+    """Replica index, copy index, ε, the per-replica hyperparameters and the TensorBoard run of every replica a UFM
+    config asks for (setting-major, then scale-major, as the model orders them; :mod:`ufm_torch.hyperparameters`).
 
-    Used for jobs that wrote no metrics (failed before training); ``[]`` when the config names no init scale.
+    Used for jobs that wrote no metrics (failed before training); ``[]`` when the config names no init scale or its
+    lists cannot be read.
     """
     model = config.get("model") or {}
     scales = model.get("init_scale")
@@ -76,9 +81,15 @@ def expected_replicas(config: dict[str, Any]) -> list[dict[str, Any]]:
     scales = scales if isinstance(scales, list) else [scales]
     try:
         values = [float(scale) for scale in scales for _ in range(replicas)]
-    except (TypeError, ValueError):
+        settings = [setting for setting in hyperparameter_grid(config).settings() for _ in values]
+    except (TypeError, ValueError, OmegaConfBaseException):
         return []
-    return [{"replica": r, "copy": r % replicas, "init_scale": value} for r, value in enumerate(values)]
+    scales_of, copies = values * (len(settings) // len(values)), [r % replicas for r in range(len(settings))]
+    runs = replica_run_names(scales_of, copies, settings)
+    return [
+        {"replica": r, "copy": copy, "init_scale": scale, **setting, "run": run}
+        for r, (copy, scale, setting, run) in enumerate(zip(copies, scales_of, settings, runs, strict=True))
+    ]
 
 
 def read_job(job_dir: Path, root: Path) -> Job:

@@ -1,6 +1,7 @@
 """``metrics.jsonl``: one JSON object per evaluation, replica, layer and split, flushed as written, safe to resume.
 
-A record holds ``step``, the replica's identity (``replica``, ``init_scale``, ``copy``, ``seed``), ``layer`` (the
+A record holds ``step``, the replica's identity (``replica``, ``init_scale``, ``copy``, ``seed``, and one field per
+per-replica hyperparameter that varies, named by its key: ``module.classifier_decay``), ``layer`` (the
 module name whose features were measured) and ``split`` (``train`` or ``heldout``), then its metrics by tag. The
 **main records** are those of the main layer (the classifier's input; the first record's layer) on the training
 split, one per replica and evaluation: what every report, summary and final metric reads. Files written before layers

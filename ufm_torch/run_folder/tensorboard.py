@@ -10,9 +10,10 @@ every tag (a single ``Summary`` with many values), serialised once per tag list 
 (:class:`_ScalarEvents`).
 
 The dashboard (docs/architecture.md, "TensorBoard dashboards"): every metric that is ≥ 0 and spans decades also gets
-``<tag>_log10`` (:func:`log10_companion`), in the replica runs only; each init scale ε gets a summary run ``eps=<ε>``
-with the median, minimum and maximum over its replicas (``over_replicas/<tag>/median`` …); the Custom Scalars layout
-has one category per metric family and one chart per metric (:func:`custom_scalars_layout`).
+``<tag>_log10`` (:func:`log10_companion`), in the replica runs only; each replica group (init scale ε, and the
+per-replica hyperparameters of :mod:`ufm_torch.hyperparameters`) gets a summary run (``eps=<ε>``,
+``lam_W=0.01/lam_H=0.02``) with the median, minimum and maximum over its replicas (``over_replicas/<tag>/median`` …);
+the Custom Scalars layout has one category per metric family and one chart per metric (:func:`custom_scalars_layout`).
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ def tfrecord(data: bytes) -> bytes:
 
 
 class ReplicaSummaryWriter(RunWriter):
-    """The summary run ``eps=<ε>`` of the replicas ``members`` (their rows in :func:`add_scalar_rows`): per metric the
-    median, minimum and maximum over them of its plotted tag."""
+    """The summary run of a replica group (``eps=<ε>``, ``lam_W=0.01/lam_H=0.02``) of the replicas ``members`` (their
+    rows in :func:`add_scalar_rows`): per metric the median, minimum and maximum over them of its plotted tag."""
 
     def __init__(self, log_dir: Path, members: Sequence[int]) -> None:
         super().__init__(log_dir)
@@ -147,9 +148,9 @@ class ReplicaSummaryWriter(RunWriter):
 
 
 def open_replica_writers(log_dir: Path, run_names: list[str]) -> list[RunWriter]:
-    """One writer per replica run ``log_dir/<name>``, in order, then one :class:`ReplicaSummaryWriter` per init scale
-    ``log_dir/eps=<ε>`` (none for a backbone). The first :func:`add_scalar_rows` writes the custom-scalars layout of
-    its tags into every one of them first.
+    """One writer per replica run ``log_dir/<name>``, in order, then one :class:`ReplicaSummaryWriter` per replica
+    group ``log_dir/<group>`` (:func:`~ufm_torch.run_folder.names.replica_group_name`; none for a backbone). The
+    first :func:`add_scalar_rows` writes the custom-scalars layout of its tags into every one of them first.
 
     ``writers[r]`` is replica ``r``'s run; a caller that zips the writers with its replicas (``strict=False``) or
     flushes and closes every writer needs no change for the summary runs.
@@ -331,11 +332,11 @@ def custom_scalars_layout(tags: Sequence[str], grouped: bool) -> layout_pb2.Layo
     """One category per metric family (:data:`METRIC_FAMILIES`), one chart per metric of ``tags``, showing its plotted
     tag (log10 companion if any).
 
-    ``grouped`` (replicas in per-ε summary runs): a Margin chart of ``over_replicas/<plotted>/median`` with the band
-    from ``…/min`` to ``…/max``, one line per summary run ``eps=<ε>``. Otherwise (a backbone: one run) a multiline
-    chart of the plotted tag itself. TensorBoard's Custom Scalars dashboard shows a category's Margin charts in the
-    reverse of their order in the layout (multiline charts in order; checked in 2.21), so they are written reversed
-    and appear in family order.
+    ``grouped`` (replicas in per-group summary runs): a Margin chart of ``over_replicas/<plotted>/median`` with the
+    band from ``…/min`` to ``…/max``, one line per summary run (``eps=<ε>``, or a group of per-replica
+    hyperparameters). Otherwise (a backbone: one run) a multiline chart of the plotted tag itself. TensorBoard's
+    Custom Scalars dashboard shows a category's Margin charts in the reverse of their order in the layout (multiline
+    charts in order; checked in 2.21), so they are written reversed and appear in family order.
     """
     remaining = list(tags)
     families = []

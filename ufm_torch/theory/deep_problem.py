@@ -31,14 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ufm_torch.errors import ConfigError
-from ufm_torch.metrics.tags import OPTIMUM_TAGS
+from ufm_torch.metrics.tags import LOSS_VS_DNC_TAG, OPTIMUM_TAGS
 
 DTYPE = torch.float64
 ACTIVATIONS = ("linear", "relu")
 LOSS_GAP_TAG, CLASSIFIER_GRAM_TAG, FEATURE_GRAM_TAG = OPTIMUM_TAGS[:3]
-LOSS_VS_DNC_TAG = "optimum/loss_vs_dnc"
-"""``f − f_DNC``: the run's loss minus the best loss of the DNC family (negative: the run beat deep neural
-collapse), logged instead of ``optimum/loss_gap`` where the DNC value is a reference, not a proved optimum."""
 
 
 class OracleAssumptionError(ConfigError):

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -116,6 +117,11 @@ class UFMProblem:
         return len(self.class_counts)
 
     @property
+    def is_balanced(self) -> bool:
+        """Whether every class has the same number of samples N."""
+        return len(set(self.class_counts)) == 1
+
+    @property
     def num_samples(self) -> int:
         """n = Σ_k n_k."""
         return sum(self.class_counts)
@@ -169,6 +175,15 @@ class UFMOptimum:
     iterations: int
     converged: bool
 
+    @property
+    def bias_shift_invariant(self) -> bool:
+        """:attr:`UFMProblem.bias_shift_invariant` of the problem."""
+        return self.problem.bias_shift_invariant
+
+    def objective(self, features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:
+        """f under the problem (:func:`ufm_objective`), per replica."""
+        return ufm_objective(features, weight, bias, labels, self.problem)
+
     def factorisation(self, labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(features, weight, bias)`` of one global minimiser, in the row convention.
 
@@ -190,55 +205,66 @@ class UFMOptimum:
 
 
 class _Reduced(NamedTuple):
-    """The reduced problem's data: weights w_k, √n_k, targets q_k (columns), τ, λ_b, the loss (its link and
-    curvature), whether there is a bias, and the bias scale σ."""
+    """The reduced problems' data, for G problems that share the loss, the class sizes and the bias: weights w_k and
+    √n_k ``(C,)``, targets q_k (columns, ``(G, C, C)``), τ, λ_b and the bias scale σ ``(G,)``, the loss (its link
+    and curvature) and whether there is a bias."""
 
     weights: Tensor
     sqrt_counts: Tensor
     targets: Tensor
-    tau: float
-    lambda_bias: float
+    tau: Tensor
+    lambda_bias: Tensor
     loss: Loss
     bias: bool
-    bias_scale: float
+    bias_scale: Tensor
+
+    def take(self, keep: Tensor) -> _Reduced:
+        """The problems where ``keep`` (a boolean ``(G,)``) is true."""
+        return self._replace(
+            targets=self.targets[keep], tau=self.tau[keep], lambda_bias=self.lambda_bias[keep],
+            bias_scale=self.bias_scale[keep],
+        )  # fmt: skip
 
 
-def _reduced_problem(problem: UFMProblem) -> _Reduced:
-    """Data of the reduced problem ``Σ_k w_k ℓ(x_k/√n_k + b, e_k) + τ‖X‖_* + λ_b/2‖b‖²`` (module docstring).
+def _reduced_problems(problems: Sequence[UFMProblem]) -> _Reduced:
+    """Data of the reduced problems ``Σ_k w_k ℓ(x_k/√n_k + b, e_k) + τ‖X‖_* + λ_b/2‖b‖²`` (module docstring).
 
     The bias is optimised as ``b = σc``; ``σ² = (Σw/n)/(Σw + λ_b)`` equalises the curvature bounds of the X- and
     c-blocks (``w_k/n_k = Σw/n`` and ``Σ_k w_k + λ_b``), a fixed diagonal metric for the proximal steps.
     """
-    counts = torch.tensor(problem.class_counts, dtype=DTYPE)
-    n = problem.num_samples
-    weights = counts / n if problem.data_loss.mean_reduced else counts
-    s, c = problem.label_smoothing, problem.num_classes
-    targets = (1.0 - s) * torch.eye(c, dtype=DTYPE) + s / c
-    lambda_bias = problem.effective_lambda_bias
+    first = problems[0]
+    counts = torch.tensor(first.class_counts, dtype=DTYPE)
+    n, c = first.num_samples, first.num_classes
+    weights = counts / n if first.data_loss.mean_reduced else counts
+    smoothing = torch.tensor([problem.label_smoothing for problem in problems], dtype=DTYPE).view(-1, 1, 1)
+    targets = (1.0 - smoothing) * torch.eye(c, dtype=DTYPE) + smoothing / c
+    lambda_bias = torch.tensor([problem.effective_lambda_bias for problem in problems], dtype=DTYPE)
     total = float(weights.sum())
-    bias_scale = math.sqrt((total / n) / (total + lambda_bias))
-    tau = math.sqrt(problem.lambda_weight * problem.lambda_features)
-    return _Reduced(weights, counts.sqrt(), targets, tau, lambda_bias, problem.data_loss, problem.bias, bias_scale)
+    bias_scale = ((total / n) / (total + lambda_bias)).sqrt()
+    tau = torch.tensor([math.sqrt(p.lambda_weight * p.lambda_features) for p in problems], dtype=DTYPE)
+    return _Reduced(weights, counts.sqrt(), targets, tau, lambda_bias, first.data_loss, first.bias, bias_scale)
 
 
 def _smooth_part(reduced: _Reduced, scaled_x: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Value and gradients (in X and in b) of ``Σ_k w_k ℓ(x_k/√n_k + b, e_k) + λ_b/2‖b‖²``: ``ℓ = ½‖z − e_k‖²`` for a
-    loss of the identity link, ``logsumexp(z) − q_kᵀz`` for the softmax link."""
+    """Value ``(G,)`` and gradients (in X and in b) of ``Σ_k w_k ℓ(x_k/√n_k + b, e_k) + λ_b/2‖b‖²``, for X
+    ``(G, C, C)`` and b ``(G, C)``: ``ℓ = ½‖z − e_k‖²`` for a loss of the identity link, ``logsumexp(z) − q_kᵀz`` for
+    the softmax link."""
     logits = scaled_x / reduced.sqrt_counts + bias.unsqueeze(-1)
     if reduced.loss.link is Link.IDENTITY:
         error = logits - torch.eye(logits.shape[-1], dtype=DTYPE)
-        value = 0.5 * (reduced.weights * error.square().sum(0)).sum()
+        value = 0.5 * (reduced.weights * error.square().sum(-2)).sum(-1)
         grad_logits = error * reduced.weights
     else:
-        log_norm = torch.logsumexp(logits, dim=0)
-        value = (reduced.weights * (log_norm - (reduced.targets * logits).sum(0))).sum()
+        log_norm = torch.logsumexp(logits, dim=-2, keepdim=True)
+        value = (reduced.weights * (log_norm.squeeze(-2) - (reduced.targets * logits).sum(-2))).sum(-1)
         grad_logits = (torch.exp(logits - log_norm) - reduced.targets) * reduced.weights
-    value = value + 0.5 * reduced.lambda_bias * bias.square().sum()
-    return value, grad_logits / reduced.sqrt_counts, grad_logits.sum(1) + reduced.lambda_bias * bias
+    lambda_bias = reduced.lambda_bias.unsqueeze(-1)
+    value = value + 0.5 * (lambda_bias * bias.square()).sum(-1)
+    return value, grad_logits / reduced.sqrt_counts, grad_logits.sum(-1) + lambda_bias * bias
 
 
-def _lipschitz_constant(reduced: _Reduced) -> float:
-    """A bound on the smooth part's curvature in the metric ``(X, c)``, ``b = σc``.
+def _lipschitz_constants(reduced: _Reduced) -> Tensor:
+    """A bound ``(G,)`` on each smooth part's curvature in the metric ``(X, c)``, ``b = σc``.
 
     The Hessian of ℓ in the logits is ``≤ κI``, κ the loss's
     :attr:`~ufm_torch.objectives.losses.Loss.logit_curvature` (1 for squared error, ½ for cross-entropy). Row j of
@@ -247,107 +273,241 @@ def _lipschitz_constant(reduced: _Reduced) -> float:
     """
     curvature = reduced.loss.logit_curvature
     if not reduced.bias:
-        return curvature * float((reduced.weights / reduced.sqrt_counts.square()).max())
-    c = reduced.weights.numel()
-    rows = torch.cat([torch.diag(1.0 / reduced.sqrt_counts), torch.full((1, c), reduced.bias_scale, dtype=DTYPE)])
-    matrix = curvature * (rows * reduced.weights) @ rows.T
-    matrix[-1, -1] += reduced.lambda_bias * reduced.bias_scale**2
-    return float(torch.linalg.eigvalsh(matrix).max())
+        return curvature * (reduced.weights / reduced.sqrt_counts.square()).max().expand(reduced.tau.shape)
+    c, count = reduced.weights.numel(), reduced.tau.numel()
+    diagonal = torch.diag(1.0 / reduced.sqrt_counts).expand(count, c, c)
+    rows = torch.cat([diagonal, reduced.bias_scale.view(-1, 1, 1).expand(count, 1, c)], dim=-2)
+    matrix = curvature * (rows * reduced.weights) @ rows.transpose(-1, -2)
+    matrix[:, -1, -1] += reduced.lambda_bias * reduced.bias_scale.square()
+    return torch.linalg.eigvalsh(matrix).amax(-1)
 
 
-def _shrink_singular_values(matrix: Tensor, threshold: float) -> Tensor:
-    """``prox_{threshold‖·‖_*}``: singular-value soft-thresholding ``U(Σ − threshold)₊Vᵀ``."""
+def _shrink_singular_values(matrix: Tensor, threshold: Tensor) -> Tensor:
+    """``prox_{threshold‖·‖_*}`` of each matrix ``(G, C, C)`` with its own ``threshold`` ``(G,)``: singular-value
+    soft-thresholding ``U(Σ − threshold)₊Vᵀ``."""
     left, singular_values, right_t = torch.linalg.svd(matrix)
-    return (left * (singular_values - threshold).clamp_min(0.0)) @ right_t
+    return (left * (singular_values - threshold.unsqueeze(-1)).clamp_min(0.0).unsqueeze(-2)) @ right_t
+
+
+class _Iterates(NamedTuple):
+    """FISTA's state for the problems still running: the iterate ``(X, c)``, the extrapolated point and the momentum
+    ``t`` of each."""
+
+    x_now: Tensor
+    c_now: Tensor
+    x_look: Tensor
+    c_look: Tensor
+    momentum: Tensor
+
+    def take(self, keep: Tensor) -> _Iterates:
+        """The problems where ``keep`` is true."""
+        return _Iterates(*(field[keep] for field in self))
 
 
 def solve_optimum(problem: UFMProblem, tolerance: float = 1e-13, max_iterations: int = 200_000) -> UFMOptimum:
-    """The global optimum of ``problem``: FISTA with restart on the convex reduction (module docstring).
+    """The global optimum of ``problem``: FISTA with restart on the convex reduction (module docstring), by
+    :func:`solve_optima_batched` on a batch of one."""
+    return solve_optima_batched([problem], tolerance, max_iterations)[0]
+
+
+def solve_optima_batched(
+    problems: Sequence[UFMProblem], tolerance: float = 1e-13, max_iterations: int = 200_000
+) -> list[UFMOptimum]:
+    """The global optima of ``problems``, which share the loss, the class sizes, p and the bias (their λ_W, λ_H, λ_b
+    and s may differ): FISTA with restart on the convex reductions, batched, each problem with its own step and
+    stopping test.
 
     Variables ``X = ZD`` (C × C) and, with a bias, ``c = b/σ``; smooth part ``Σ_k w_k ℓ(x_k/√n_k + b, e_k) +
-    λ_b/2‖b‖²`` with the constant step ``1/L`` of :func:`_lipschitz_constant`, proximal step for ``τ‖X‖_*`` by
-    singular-value soft-thresholding, momentum reset whenever ``⟨y − x⁺, x⁺ − x⟩ > 0`` (gradient restart). It stops
-    when the fixed-point residual ``‖x⁺ − y‖/(1 + ‖x⁺‖)`` is below ``tolerance`` and warns (``RuntimeWarning``,
-    ``converged=False``) after ``max_iterations`` steps otherwise: convergence is linear except at a threshold of
-    the regularisation (for example β = 1/C for balanced cross-entropy), where the optimum is degenerate, and slow
-    for cross-entropy with tiny λ (large logits, flat softmax: about 3·10⁴ steps, 3 s, at λ_W = λ_H = 10⁻⁶).
+    λ_b/2‖b‖²`` with the constant step ``1/L`` of :func:`_lipschitz_constants`, proximal step for ``τ‖X‖_*`` by
+    singular-value soft-thresholding (one batched SVD per iteration for every problem still running), momentum reset
+    whenever ``⟨y − x⁺, x⁺ − x⟩ > 0`` (gradient restart). A problem stops when its fixed-point residual
+    ``‖x⁺ − y‖/(1 + ‖x⁺‖)`` is below ``tolerance`` and leaves the batch; after ``max_iterations`` steps the rest stop
+    with a warning (``RuntimeWarning``, ``converged=False``): convergence is linear except at a threshold of the
+    regularisation (for example β = 1/C for balanced cross-entropy), where the optimum is degenerate, and slow for
+    cross-entropy with tiny λ (large logits, flat softmax: about 3·10⁴ steps at λ_W = λ_H = 10⁻⁶).
     """
-    reduced = _reduced_problem(problem)
-    c, sigma = problem.num_classes, reduced.bias_scale
-    step = 1.0 / _lipschitz_constant(reduced)
-    threshold = step * reduced.tau
-    x_now, c_now = torch.zeros(c, c, dtype=DTYPE), torch.zeros(c, dtype=DTYPE)
-    x_look, c_look = x_now, c_now
-    momentum, residual, iterations, converged = 1.0, math.inf, 0, False
-    while iterations < max_iterations:
+    shared = {(problem.loss, problem.class_counts, problem.feature_dim, problem.bias) for problem in problems}
+    if len(shared) != 1:
+        raise ValueError(f"a batch of problems shares the loss, class sizes, p and bias; got {sorted(shared)}")
+    reduced = _reduced_problems(problems)
+    count, c = len(problems), problems[0].num_classes
+    step = 1.0 / _lipschitz_constants(reduced)
+    final_x, final_c = torch.zeros(count, c, c, dtype=DTYPE), torch.zeros(count, c, dtype=DTYPE)
+    final_residual = torch.full((count,), math.inf, dtype=DTYPE)
+    final_iterations = torch.zeros(count, dtype=torch.long)
+    converged = torch.zeros(count, dtype=torch.bool)
+    running, working, steps = torch.arange(count), reduced, step
+    zeros_x, zeros_c = torch.zeros(count, c, c, dtype=DTYPE), torch.zeros(count, c, dtype=DTYPE)
+    state = _Iterates(zeros_x, zeros_c, zeros_x, zeros_c, torch.ones(count, dtype=DTYPE))
+    iterations = 0
+    while running.numel() and iterations < max_iterations:
         iterations += 1
-        _, grad_x, grad_b = _smooth_part(reduced, x_look, sigma * c_look)
-        x_next = _shrink_singular_values(x_look - step * grad_x, threshold)
-        c_next = c_look - step * sigma * grad_b if problem.bias else c_look
-        move_x, move_c = x_next - x_look, c_next - c_look
-        size = math.sqrt(float(x_next.square().sum() + c_next.square().sum()))
-        residual = math.sqrt(float(move_x.square().sum() + move_c.square().sum())) / (1.0 + size)
-        if residual <= tolerance:
-            x_now, c_now, converged = x_next, c_next, True
-            break
-        if float((move_x * (x_next - x_now)).sum() + (move_c * (c_next - c_now)).sum()) < 0:
-            momentum, x_look, c_look = 1.0, x_next, c_next  # ⟨y − x⁺, x⁺ − x⟩ > 0: restart
-        else:
-            following = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * momentum**2))
-            extrapolation = (momentum - 1.0) / following
-            x_look = x_next + extrapolation * (x_next - x_now)
-            c_look = c_next + extrapolation * (c_next - c_now)
-            momentum = following
-        x_now, c_now = x_next, c_next
-    if not converged:
+        sigma = working.bias_scale
+        _, grad_x, grad_b = _smooth_part(working, state.x_look, sigma.unsqueeze(-1) * state.c_look)
+        x_next = _shrink_singular_values(state.x_look - steps.view(-1, 1, 1) * grad_x, steps * working.tau)
+        c_next = state.c_look - (steps * sigma).unsqueeze(-1) * grad_b if working.bias else state.c_look
+        move_x, move_c = x_next - state.x_look, c_next - state.c_look
+        size = (x_next.square().sum((-1, -2)) + c_next.square().sum(-1)).sqrt()
+        residual = (move_x.square().sum((-1, -2)) + move_c.square().sum(-1)).sqrt() / (1.0 + size)
+        done = residual <= tolerance
+        if bool(done.any()) or iterations == max_iterations:  # these problems leave the batch
+            leaving = done if iterations < max_iterations else torch.ones_like(done)
+            index = running[leaving]
+            final_x[index], final_c[index] = x_next[leaving], c_next[leaving]
+            final_residual[index], final_iterations[index] = residual[leaving], iterations
+            converged[running[done]] = True
+            keep = ~leaving
+            running, working, steps, state = running[keep], working.take(keep), steps[keep], state.take(keep)
+            x_next, c_next, move_x, move_c = x_next[keep], c_next[keep], move_x[keep], move_c[keep]
+        restart = (move_x * (x_next - state.x_now)).sum((-1, -2)) + (move_c * (c_next - state.c_now)).sum(-1) < 0
+        following = 0.5 * (1.0 + (1.0 + 4.0 * state.momentum.square()).sqrt())
+        extrapolation = torch.where(restart, 0.0, (state.momentum - 1.0) / following)
+        state = _Iterates(
+            x_next, c_next,
+            x_next + extrapolation.view(-1, 1, 1) * (x_next - state.x_now),
+            c_next + extrapolation.unsqueeze(-1) * (c_next - state.c_now),
+            torch.where(restart, 1.0, following),
+        )  # fmt: skip
+    if not bool(converged.all()):
+        worst = float(final_residual[~converged].max())
         warnings.warn(
-            f"solve_optimum stopped after {iterations} steps at fixed-point residual {residual:.2e} > {tolerance:.0e}",
+            f"the optimum solver stopped {int((~converged).sum())} of {count} problems after {iterations} steps at "
+            f"fixed-point residual up to {worst:.2e} > {tolerance:.0e}",
             RuntimeWarning,
             stacklevel=2,
         )
-    bias = sigma * c_now if problem.bias else torch.zeros(c, dtype=DTYPE)
-    left, singular_values, right_t = torch.linalg.svd(x_now)
+    return _optima(problems, reduced, final_x, final_c, final_residual, final_iterations, converged)
+
+
+def _optima(
+    problems: Sequence[UFMProblem], reduced: _Reduced, x_final: Tensor, c_final: Tensor, residual: Tensor,
+    iterations: Tensor, converged: Tensor,
+) -> list[UFMOptimum]:
+    """The :class:`UFMOptimum` of each problem from the solver's last iterates (batched): singular values of X*
+    below ``ZERO_SINGULAR_VALUE · max_k √n_k`` dropped, then f*, Z*, b* and the Grams of the module docstring."""
+    bias = reduced.bias_scale.unsqueeze(-1) * c_final if reduced.bias else torch.zeros_like(c_final)
+    left, singular_values, right_t = torch.linalg.svd(x_final)
     singular_values = torch.where(singular_values > ZERO_SINGULAR_VALUE * reduced.sqrt_counts.max(), singular_values, 0)
-    x_now = (left * singular_values) @ right_t
-    smooth_value, _, _ = _smooth_part(reduced, x_now, bias)
-    ratio = math.sqrt(problem.lambda_features / problem.lambda_weight)
+    x_final = (left * singular_values.unsqueeze(-2)) @ right_t
+    smooth_value, _, _ = _smooth_part(reduced, x_final, bias)
+    value = smooth_value + reduced.tau * singular_values.sum(-1)
+    ratio = torch.tensor([math.sqrt(p.lambda_features / p.lambda_weight) for p in problems], dtype=DTYPE)
     inverse_sqrt = 1.0 / reduced.sqrt_counts
-    right = right_t.T * inverse_sqrt.unsqueeze(-1)
-    return UFMOptimum(
-        problem=problem,
-        value=float(smooth_value + reduced.tau * singular_values.sum()),
-        logit_matrix=x_now * inverse_sqrt,
-        bias=bias,
-        classifier_gram=ratio * (left * singular_values) @ left.T,
-        feature_gram=(right * singular_values) @ right.T / ratio,
-        weight_is_zero=not bool(singular_values.any()),
-        residual=residual,
-        iterations=iterations,
-        converged=converged,
-    )
+    right = right_t.transpose(-1, -2) * inverse_sqrt.unsqueeze(-1)
+    scaled_left, scaled_right = left * singular_values.unsqueeze(-2), right * singular_values.unsqueeze(-2)
+    classifier_grams = ratio.view(-1, 1, 1) * scaled_left @ left.transpose(-1, -2)
+    feature_grams = scaled_right @ right.transpose(-1, -2) / ratio.view(-1, 1, 1)
+    return [
+        UFMOptimum(
+            problem=problem, value=float(value[g]), logit_matrix=x_final[g] * inverse_sqrt, bias=bias[g],
+            classifier_gram=classifier_grams[g], feature_gram=feature_grams[g],
+            weight_is_zero=not bool(singular_values[g].any()), residual=float(residual[g]),
+            iterations=int(iterations[g]), converged=bool(converged[g]),
+        )
+        for g, problem in enumerate(problems)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- original objective
 
 
-def ufm_objective(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, problem: UFMProblem) -> Tensor:
+def ufm_objective(
+    features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, problem: UFMProblem | Sequence[UFMProblem]
+) -> Tensor:
     """``f(W, H, b) = D + λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (module docstring), shape ``(...)``.
 
     ``features`` ``(..., n, p)``, ``weight`` ``(..., C, p)``, ``bias`` ``(..., C)`` or None (``b = 0``); the data
     term is the value of ``problem.data_loss`` (:mod:`ufm_torch.objectives.losses`), the cross-entropy with label
-    smoothing ``problem.label_smoothing`` (``torch.nn.functional.cross_entropy``'s convention).
+    smoothing ``problem.label_smoothing`` (``torch.nn.functional.cross_entropy``'s convention). ``problem`` may be a
+    sequence of problems sharing the loss, one per replica ``(R, …)``, each with its own λ and s.
     """
-    if weight.shape[-2] != problem.num_classes:
-        raise ValueError(f"weight has {weight.shape[-2]} rows, the problem {problem.num_classes} classes")
+    problems = (problem,) if isinstance(problem, UFMProblem) else tuple(problem)
+    first = problems[0]
+    if weight.shape[-2] != first.num_classes:
+        raise ValueError(f"weight has {weight.shape[-2]} rows, the problem {first.num_classes} classes")
+
+    def per_replica(name: str) -> float | Tensor:
+        values = [getattr(one, name) for one in problems]
+        return values[0] if len(values) == 1 else torch.tensor(values, dtype=weight.dtype, device=weight.device)
+
     logits = features @ weight.transpose(-1, -2)
     if bias is not None:
         logits = logits + bias.unsqueeze(-2)
-    data = problem.data_loss.value(logits, labels, problem.label_smoothing)
-    penalty = 0.5 * problem.lambda_weight * weight.square().sum((-1, -2))
-    penalty = penalty + 0.5 * problem.lambda_features * features.square().sum((-1, -2))
+    data = first.data_loss.value(logits, labels, per_replica("label_smoothing"))
+    penalty = 0.5 * per_replica("lambda_weight") * weight.square().sum((-1, -2))
+    penalty = penalty + 0.5 * per_replica("lambda_features") * features.square().sum((-1, -2))
     if bias is not None:
-        penalty = penalty + 0.5 * problem.effective_lambda_bias * bias.square().sum(-1)
+        penalty = penalty + 0.5 * per_replica("effective_lambda_bias") * bias.square().sum(-1)
     return data + penalty
+
+
+# -------------------------------------------------------------------------------------------- optima of replicas
+
+
+@dataclass(frozen=True)
+class OptimumBatch:
+    """The global optima of problems that share the loss, class sizes, p and bias, one per replica (their λ_W, λ_H,
+    λ_b and s may differ; :func:`solve_optima`), stacked along a first dimension R, float64 on the CPU: ``value``
+    f* ``(R,)``, ``classifier_gram`` (WWᵀ)* and ``feature_gram`` (MᵀM)* ``(R, C, C)``, ``bias`` b* ``(R, C)`` and
+    ``weight_is_zero`` ``(R,)``. The metrics below take it wherever they take a :class:`UFMOptimum`."""
+
+    problems: tuple[UFMProblem, ...]
+    value: Tensor
+    classifier_gram: Tensor
+    feature_gram: Tensor
+    bias: Tensor
+    weight_is_zero: Tensor
+
+    @property
+    def problem(self) -> UFMProblem:
+        """The first problem: its loss, class sizes, p and bias are every problem's."""
+        return self.problems[0]
+
+    @property
+    def bias_shift_invariant(self) -> Tensor:
+        """:attr:`UFMProblem.bias_shift_invariant` of each problem, ``(R,)``."""
+        return torch.tensor([problem.bias_shift_invariant for problem in self.problems])
+
+    def objective(self, features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:
+        """f of each replica under its own problem (:func:`ufm_objective`)."""
+        return ufm_objective(features, weight, bias, labels, self.problems)
+
+
+Optimum = UFMOptimum | OptimumBatch
+"""What the metrics compare with: one optimum (broadcast over the replicas) or one per replica."""
+
+
+def solve_optima(problems: Sequence[UFMProblem]) -> OptimumBatch:
+    """The global optima of ``problems`` (one per replica; those of one replica group share the loss, class sizes,
+    p and bias), each distinct problem solved once: by its closed form where one applies (:data:`CLOSED_FORMS`,
+    evaluated for all of them at once on tensors of their λ and s), by the batched solver
+    (:func:`solve_optima_batched`, one batch per loss, class sizes, p and bias) otherwise."""
+    distinct = list(dict.fromkeys(problems))
+    pending = list(distinct)
+    stacked: dict[UFMProblem, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+    for closed_form in CLOSED_FORMS:
+        covered = [problem for problem in pending if closed_form.covers(problem)]
+        if covered:
+            optimum = closed_form.evaluate(covered)
+            value = torch.as_tensor(optimum.value, dtype=DTYPE).expand(len(covered))
+            stacked |= {
+                problem: (value[g], optimum.classifier_gram[g], optimum.feature_gram[g], optimum.bias[g])
+                for g, problem in enumerate(covered)
+            }
+            pending = [problem for problem in pending if problem not in stacked]
+    batches: dict[tuple[object, ...], list[UFMProblem]] = {}
+    for problem in pending:
+        batches.setdefault((problem.loss, problem.class_counts, problem.feature_dim, problem.bias), []).append(problem)
+    for batch in batches.values():
+        stacked |= {
+            optimum.problem: (torch.tensor(optimum.value, dtype=DTYPE), optimum.classifier_gram, optimum.feature_gram,
+                              optimum.bias)
+            for optimum in solve_optima_batched(batch)
+        }  # fmt: skip
+    parts = zip(*(stacked[problem] for problem in problems), strict=True)
+    value, classifier_gram, feature_gram, bias = (torch.stack(part) for part in parts)
+    weight_is_zero = classifier_gram.abs().amax((-1, -2)) == 0
+    return OptimumBatch(tuple(problems), value, classifier_gram, feature_gram, bias, weight_is_zero)
 
 
 # ------------------------------------------------------------------------------------------------------ the metrics
@@ -360,21 +520,30 @@ def class_mean_gram(features: Tensor, labels: Tensor, num_classes: int) -> Tenso
     return means @ means.transpose(-1, -2)
 
 
-def _gram_error(gram: Tensor, optimal: Tensor, absolute: bool) -> Tensor:
-    """``‖G − G*‖_F/‖G*‖_F``, or ``‖G‖_F`` when ``absolute`` (the optimum is 0)."""
-    if absolute:
-        return torch.linalg.matrix_norm(gram)
+def _gram_error(gram: Tensor, optimal: Tensor, absolute: bool | Tensor) -> Tensor:
+    """``‖G − G*‖_F/‖G*‖_F``, or ``‖G‖_F`` where ``absolute`` (the optimum is 0; per replica for a tensor)."""
+    if isinstance(absolute, bool):
+        if absolute:
+            return torch.linalg.matrix_norm(gram)
+        optimal = optimal.to(gram)
+        return torch.linalg.matrix_norm(gram - optimal) / torch.linalg.matrix_norm(optimal)
     optimal = optimal.to(gram)
-    return torch.linalg.matrix_norm(gram - optimal) / torch.linalg.matrix_norm(optimal)
+    relative = torch.linalg.matrix_norm(gram - optimal) / torch.linalg.matrix_norm(optimal).clamp_min(math.ulp(0.0))
+    return torch.where(absolute.to(gram.device), torch.linalg.matrix_norm(gram), relative)
 
 
-def loss_gap(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, optimum: UFMOptimum) -> Tensor:
+def loss_gap(features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, optimum: Optimum) -> Tensor:
     """``optimum/loss_gap``: ``f(W, H, b) − f*`` (≥ 0 up to the solver's accuracy), per replica."""
     optimum.problem.check_labels(labels)
-    return ufm_objective(features, weight, bias, labels, optimum.problem) - optimum.value
+    return optimum.objective(features, weight, bias, labels) - optimum_value(optimum, weight)
 
 
-def classifier_gram_error(weight: Tensor, optimum: UFMOptimum) -> Tensor:
+def optimum_value(optimum: Optimum, like: Tensor) -> float | Tensor:
+    """f*: a number, or per replica a tensor on ``like``'s device."""
+    return optimum.value if isinstance(optimum.value, float) else optimum.value.to(like)
+
+
+def classifier_gram_error(weight: Tensor, optimum: Optimum) -> Tensor:
     """``optimum/classifier_gram``: ``‖WWᵀ − (WWᵀ)*‖_F / ‖(WWᵀ)*‖_F``; ``‖WWᵀ‖_F`` when the optimum is ``W = 0``.
 
     ``(WWᵀ)* = √(λ_H/λ_W)(X*X*ᵀ)^{1/2}`` (module docstring); the measure is invariant under ``W ↦ WQ``, Q orthogonal.
@@ -383,7 +552,7 @@ def classifier_gram_error(weight: Tensor, optimum: UFMOptimum) -> Tensor:
     return _gram_error(gram, optimum.classifier_gram, optimum.weight_is_zero)
 
 
-def feature_gram_error(features: Tensor, labels: Tensor, optimum: UFMOptimum) -> Tensor:
+def feature_gram_error(features: Tensor, labels: Tensor, optimum: Optimum) -> Tensor:
     """``optimum/feature_gram``: ``‖MᵀM − (MᵀM)*‖_F / ‖(MᵀM)*‖_F`` for the class means M; absolute when ``W* = 0``.
 
     ``(MᵀM)* = √(λ_W/λ_H) D⁻¹(X*ᵀX*)^{1/2}D⁻¹``, ``D = diag(√n_k)``. Only the class means enter: within-class
@@ -394,7 +563,7 @@ def feature_gram_error(features: Tensor, labels: Tensor, optimum: UFMOptimum) ->
     return _gram_error(gram, optimum.feature_gram, optimum.weight_is_zero)
 
 
-def bias_error(bias: Tensor | None, optimum: UFMOptimum) -> Tensor:
+def bias_error(bias: Tensor | None, optimum: Optimum) -> Tensor:
     """``optimum/bias``: the distance from ``b`` to the set of optimal biases.
 
     The set is the point ``b*`` when the reduced objective is strictly convex in b (``λ_b > 0``, or no bias: b* = 0)
@@ -406,15 +575,21 @@ def bias_error(bias: Tensor | None, optimum: UFMOptimum) -> Tensor:
     if bias is None:
         bias = torch.zeros_like(target)
     difference = bias - target.to(bias)
-    if optimum.problem.bias_shift_invariant:
-        difference = difference - difference.mean(-1, keepdim=True)
+    invariant = optimum.bias_shift_invariant
+    if isinstance(invariant, bool):
+        if invariant:
+            difference = difference - difference.mean(-1, keepdim=True)
+    else:
+        centred = difference - difference.mean(-1, keepdim=True)
+        difference = torch.where(invariant.to(bias.device).unsqueeze(-1), centred, difference)
     return torch.linalg.vector_norm(difference, dim=-1)
 
 
 def optimum_metrics(
-    features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, optimum: UFMOptimum
+    features: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, optimum: Optimum
 ) -> dict[str, Tensor]:
-    """The four distances to the global optimum, keyed by :data:`OPTIMUM_TAGS`, each of the replica shape."""
+    """The four distances to the global optimum, keyed by :data:`OPTIMUM_TAGS`, each of the replica shape;
+    ``optimum`` one optimum for every replica, or one per replica (:class:`OptimumBatch`)."""
     if bias is None:
         bias = weight.new_zeros(weight.shape[:-1])
     values = (
@@ -430,20 +605,36 @@ def optimum_metrics(
 
 
 class ClosedFormOptimum(NamedTuple):
-    """A closed-form optimum: ``(WWᵀ)*``, ``(MᵀM)*`` (class means), ``b*`` and ``f*``."""
+    """A closed-form optimum: ``(WWᵀ)*``, ``(MᵀM)*`` (class means), ``b*`` and ``f*``. Each closed form takes its λ
+    (and s) as numbers or as tensors of one shape ``(G,)``: the Grams are then ``(G, C, C)``, b* ``(G, C)`` and f*
+    ``(G,)``."""
 
     classifier_gram: Tensor
     feature_gram: Tensor
     bias: Tensor
-    value: float
+    value: float | Tensor
+
+
+Scalar = float | Tensor
+"""A number, or a tensor ``(G,)`` of one per problem."""
+
+
+def _number(value: Tensor) -> float | Tensor:
+    """A 0-dimensional result as a float (a closed form given numbers), else the tensor."""
+    return float(value) if value.dim() == 0 else value
+
+
+def _tensor(value: Scalar) -> Tensor:
+    """``value`` as a float64 tensor (0-dimensional for a number)."""
+    return torch.as_tensor(value, dtype=DTYPE)
 
 
 class _Balanced(NamedTuple):
-    """β = √(Nλ_Wλ_H), γ = √(Nλ_H/λ_W), λ_b of the mean-reduced problem, and f's factor (n or 1)."""
+    """β = √(Nλ_Wλ_H), γ = √(Nλ_H/λ_W), λ_b of the mean-reduced problem (tensors), and f's factor (n or 1)."""
 
-    beta: float
-    gamma: float
-    lambda_bias: float
+    beta: Tensor
+    gamma: Tensor
+    lambda_bias: Tensor
     value_scale: float
 
 
@@ -462,33 +653,35 @@ def _balanced(
     loss: str,
     num_classes: int,
     samples_per_class: int,
-    lambda_weight: float,
-    lambda_features: float,
-    lambda_bias: float,
+    lambda_weight: Scalar,
+    lambda_features: Scalar,
+    lambda_bias: Scalar,
 ) -> _Balanced:
     """Constants of a balanced problem, N samples per class; ``sum_squared`` maps to the mean with λ/n, f times n."""
     scale = _squared_error_scale(loss, num_classes * samples_per_class)
-    lw, lh = lambda_weight / scale, lambda_features / scale
-    beta = math.sqrt(samples_per_class * lw * lh)
-    return _Balanced(beta, math.sqrt(samples_per_class * lh / lw), lambda_bias / scale, scale)
+    lw, lh = _tensor(lambda_weight) / scale, _tensor(lambda_features) / scale
+    beta = (samples_per_class * lw * lh).sqrt()
+    return _Balanced(beta, (samples_per_class * lh / lw).sqrt(), _tensor(lambda_bias) / scale, scale)
 
 
 def _symmetric_optimum(
-    num_classes: int, centred: float, mean: float, gamma: float, bias_level: float, value: float
+    num_classes: int, centred: Tensor, mean: Tensor, gamma: Tensor, bias_level: Tensor, value: Tensor
 ) -> ClosedFormOptimum:
-    """``Z = centred·(I − J) + mean·J`` (symmetric PSD), ``WWᵀ = γZ``, ``MᵀM = Z/γ``, ``b = bias_level·1``."""
+    """``Z = centred·(I − J) + mean·J`` (symmetric PSD), ``WWᵀ = γZ``, ``MᵀM = Z/γ``, ``b = bias_level·1``; each
+    coefficient a number or one per problem."""
     eye = torch.eye(num_classes, dtype=DTYPE)
     average = torch.full((num_classes, num_classes), 1.0 / num_classes, dtype=DTYPE)
-    logits = centred * (eye - average) + mean * average
-    bias = torch.full((num_classes,), bias_level, dtype=DTYPE)
-    return ClosedFormOptimum(gamma * logits, logits / gamma, bias, value)
+    centred, mean, gamma, bias_level, value = torch.broadcast_tensors(centred, mean, gamma, bias_level, value)
+    logits = centred[..., None, None] * (eye - average) + mean[..., None, None] * average
+    bias = bias_level[..., None].expand(*bias_level.shape, num_classes).clone()
+    return ClosedFormOptimum(gamma[..., None, None] * logits, logits / gamma[..., None, None], bias, _number(value))
 
 
 def mse_optimum_without_bias(
     num_classes: int,
     samples_per_class: int,
-    lambda_weight: float,
-    lambda_features: float,
+    lambda_weight: Scalar,
+    lambda_features: Scalar,
     loss: str = "mean_squared",
 ) -> ClosedFormOptimum:
     """Balanced MSE without bias (Tirer and Bruna 2022): ``WWᵀ = γ(1 − Cβ)₊ I``, ``MᵀM = WWᵀ/γ²``.
@@ -498,17 +691,17 @@ def mse_optimum_without_bias(
     """
     constants = _balanced(loss, num_classes, samples_per_class, lambda_weight, lambda_features, 0.0)
     c_beta = num_classes * constants.beta
-    scale = max(1.0 - c_beta, 0.0)
-    value = (c_beta - 0.5 * c_beta**2) if c_beta < 1 else 0.5
-    optimum = _symmetric_optimum(num_classes, scale, scale, constants.gamma, 0.0, value * constants.value_scale)
-    return optimum._replace(bias=torch.zeros(num_classes, dtype=DTYPE))
+    scale = (1.0 - c_beta).clamp_min(0.0)
+    value = torch.where(c_beta < 1, c_beta - 0.5 * c_beta**2, 0.5) * constants.value_scale
+    zero = torch.zeros_like(scale)
+    return _symmetric_optimum(num_classes, scale, scale, constants.gamma, zero, value)
 
 
 def mse_optimum_with_free_bias(
     num_classes: int,
     samples_per_class: int,
-    lambda_weight: float,
-    lambda_features: float,
+    lambda_weight: Scalar,
+    lambda_features: Scalar,
     loss: str = "mean_squared",
 ) -> ClosedFormOptimum:
     """Balanced MSE, unregularised bias (Zhou et al. 2022): ``WWᵀ = γ(1 − Cβ)₊(I − J)``, ``b = 1/C``, J = 11ᵀ/C.
@@ -518,17 +711,18 @@ def mse_optimum_with_free_bias(
     """
     constants = _balanced(loss, num_classes, samples_per_class, lambda_weight, lambda_features, 0.0)
     beta, c = constants.beta, num_classes
-    centred = max(1.0 - c * beta, 0.0)
-    value = (c - 1) * (beta - 0.5 * c * beta**2) if c * beta < 1 else (c - 1) / (2 * c)
-    return _symmetric_optimum(c, centred, 0.0, constants.gamma, 1.0 / c, value * constants.value_scale)
+    centred = (1.0 - c * beta).clamp_min(0.0)
+    value = torch.where(c * beta < 1, (c - 1) * (beta - 0.5 * c * beta**2), (c - 1) / (2 * c))
+    zero = torch.zeros_like(centred)
+    return _symmetric_optimum(c, centred, zero, constants.gamma, zero + 1.0 / c, value * constants.value_scale)
 
 
 def mse_optimum_with_regularised_bias(
     num_classes: int,
     samples_per_class: int,
-    lambda_weight: float,
-    lambda_features: float,
-    lambda_bias: float,
+    lambda_weight: Scalar,
+    lambda_features: Scalar,
+    lambda_bias: Scalar,
     loss: str = "mean_squared",
 ) -> ClosedFormOptimum:
     """Balanced MSE with ``λ_b > 0``: ``WWᵀ = γ[(1 − Cβ)₊(I − J) + (1 − Cβ(1 + 1/λ_b))₊ J]``.
@@ -540,25 +734,24 @@ def mse_optimum_with_regularised_bias(
     ``W = 0`` but ``b ≠ 0``). ``sum_squared``: λ_W, λ_H, λ_b divided by n = CN, f* times n; so the threshold reads
     ``√(Nλ_Wλ_H) ≥ Nλ_b/(CN + λ_b)`` and the first case's bias ``N/(CN + λ_b)``. MSE with a free bias is λ_b → 0.
     """
-    if lambda_bias <= 0:
+    if bool((_tensor(lambda_bias) <= 0).any()):
         raise ValueError(f"λ_b must be > 0 here (mse_optimum_with_free_bias has λ_b = 0), got {lambda_bias}")
     constants = _balanced(loss, num_classes, samples_per_class, lambda_weight, lambda_features, lambda_bias)
     beta, c, lb = constants.beta, num_classes, constants.lambda_bias
-    centred = max(1.0 - c * beta, 0.0)
-    centred_value = (c - 1) * (beta - 0.5 * c * beta**2) if c * beta < 1 else (c - 1) / (2 * c)
-    if beta >= lb / (c * (1 + lb)):
-        mean, level, mean_value = 0.0, 1.0 / (c * (1 + lb)), lb / (2 * c * (1 + lb))
-    else:
-        mean, level = 1.0 - c * beta * (1 + 1 / lb), beta / lb
-        mean_value = beta - 0.5 * c * beta**2 * (1 + 1 / lb)
+    centred = (1.0 - c * beta).clamp_min(0.0)
+    centred_value = torch.where(c * beta < 1, (c - 1) * (beta - 0.5 * c * beta**2), (c - 1) / (2 * c))
+    bias_only = beta >= lb / (c * (1 + lb))
+    mean = torch.where(bias_only, 0.0, 1.0 - c * beta * (1 + 1 / lb))
+    level = torch.where(bias_only, 1.0 / (c * (1 + lb)), beta / lb)
+    mean_value = torch.where(bias_only, lb / (2 * c * (1 + lb)), beta - 0.5 * c * beta**2 * (1 + 1 / lb))
     value = (centred_value + mean_value) * constants.value_scale
     return _symmetric_optimum(c, centred, mean, constants.gamma, level, value)
 
 
 def mse_optimum_imbalanced_without_bias(
     class_counts: tuple[int, ...],
-    lambda_weight: float,
-    lambda_features: float,
+    lambda_weight: Scalar,
+    lambda_features: Scalar,
     loss: str = "mean_squared",
 ) -> ClosedFormOptimum:
     """MSE without bias, class sizes ``n_k`` (Dang et al. 2023): ``WWᵀ = diag((√(λ_H n_k/λ_W) − nλ_H)₊)``.
@@ -572,26 +765,26 @@ def mse_optimum_imbalanced_without_bias(
     counts = torch.tensor(class_counts, dtype=DTYPE)
     n = float(counts.sum())
     scale = _squared_error_scale(loss, n)
-    lw, lh = lambda_weight / scale, lambda_features / scale
-    tau = math.sqrt(lw * lh)
+    lw, lh = _tensor(lambda_weight) / scale, _tensor(lambda_features) / scale
+    tau = (lw * lh).sqrt().unsqueeze(-1)
     singular_values = (counts.sqrt() - n * tau).clamp_min(0.0)
-    value = float((counts.sqrt().clamp_max(n * tau).square() / (2 * n)).sum())
-    value += tau * float(singular_values.sum())
-    ratio = math.sqrt(lh / lw)
+    value = (torch.minimum(counts.sqrt(), n * tau).square() / (2 * n)).sum(-1)
+    value = value + tau.squeeze(-1) * singular_values.sum(-1)
+    ratio = (lh / lw).sqrt().unsqueeze(-1)
     return ClosedFormOptimum(
-        torch.diag(ratio * singular_values),
-        torch.diag(singular_values / counts / ratio),
-        torch.zeros(len(class_counts), dtype=DTYPE),
-        value * scale,
+        torch.diag_embed(ratio * singular_values),
+        torch.diag_embed(singular_values / counts / ratio),
+        torch.zeros(*singular_values.shape, dtype=DTYPE),
+        _number(value * scale),
     )
 
 
 def cross_entropy_optimum(
     num_classes: int,
     samples_per_class: int,
-    lambda_weight: float,
-    lambda_features: float,
-    label_smoothing: float = 0.0,
+    lambda_weight: Scalar,
+    lambda_features: Scalar,
+    label_smoothing: Scalar = 0.0,
 ) -> ClosedFormOptimum:
     """Balanced mean cross-entropy (Zhu et al. 2021): ``WWᵀ = γg*(I − J)`` if ``β < (1 − s)/C``, else ``W = H = 0``.
 
@@ -603,13 +796,87 @@ def cross_entropy_optimum(
     is ``b* = 0``: the unique optimum for λ_b > 0, and one point of the optimal line ``t1`` for λ_b = 0 (the
     result holds for any λ_b ≥ 0 and for no bias alike).
     """
-    c, s = num_classes, label_smoothing
-    beta = math.sqrt(samples_per_class * lambda_weight * lambda_features)
-    gamma = math.sqrt(samples_per_class * lambda_features / lambda_weight)
-    if beta < (1 - s) / c:
-        probability = 1 - s * (c - 1) / c - beta * (c - 1)
-        gain = math.log(probability * (c - 1) / (1 - probability))
-        value = math.log(math.exp(gain) + c - 1) - gain * (1 - s + s / c) + beta * (c - 1) * gain
-    else:
-        gain, value = 0.0, math.log(c)
-    return _symmetric_optimum(c, gain, 0.0, gamma, 0.0, value)
+    c, s = num_classes, _tensor(label_smoothing)
+    lw, lh = _tensor(lambda_weight), _tensor(lambda_features)
+    beta, gamma = (samples_per_class * lw * lh).sqrt(), (samples_per_class * lh / lw).sqrt()
+    collapsed = beta < (1 - s) / c
+    probability = torch.where(collapsed, 1 - s * (c - 1) / c - beta * (c - 1), 0.5)
+    gain = torch.where(collapsed, torch.log(probability * (c - 1) / (1 - probability)), 0.0)
+    value = torch.where(
+        collapsed, torch.log(gain.exp() + c - 1) - gain * (1 - s + s / c) + beta * (c - 1) * gain, math.log(c)
+    )
+    zero = torch.zeros_like(gain)
+    return _symmetric_optimum(c, gain, zero, gamma, zero, value)
+
+
+def collapse_threshold(loss: str, num_classes: int, samples_per_class: int, label_smoothing: float = 0.0) -> float:
+    """The product λ_Wλ_H past which a balanced problem's optimum has W = 0 (its closed forms above): Cβ = 1 − s
+    with β = √(Nλ_Wλ_H), s the label smoothing (0 for the squared losses), so λ_Wλ_H = (1 − s)²/(C²N); for
+    ``sum_squared`` every λ is divided by n = CN, so λ_Wλ_H = (1 − s)²n²/(C²N) = N."""
+    margin = 1.0 - label_smoothing if LOSSES[loss].supports_label_smoothing else 1.0
+    product = margin**2 / (num_classes**2 * samples_per_class)
+    return product if LOSSES[loss].mean_reduced else product * (num_classes * samples_per_class) ** 2
+
+
+# ------------------------------------------------------------------------------------- which closed form applies
+
+
+@dataclass(frozen=True)
+class ClosedForm:
+    """A closed form of the optimum (above): the problems it ``covers``, and ``evaluate``, its optimum for a batch
+    of such problems sharing loss, class sizes and bias, computed at once from tensors of their λ and s."""
+
+    covers: Callable[[UFMProblem], bool]
+    evaluate: Callable[[Sequence[UFMProblem]], ClosedFormOptimum]
+
+
+def _values(problems: Sequence[UFMProblem], name: str) -> Tensor:
+    """The attribute ``name`` (a λ, or s) of each problem, ``(G,)``."""
+    return torch.tensor([getattr(problem, name) for problem in problems], dtype=DTYPE)
+
+
+def _squared(problem: UFMProblem) -> bool:
+    return problem.data_loss.link is Link.IDENTITY
+
+
+def _balanced_shape(problems: Sequence[UFMProblem]) -> tuple[int, int]:
+    """C and N of balanced problems."""
+    return problems[0].num_classes, problems[0].class_counts[0]
+
+
+CLOSED_FORMS: tuple[ClosedForm, ...] = (
+    ClosedForm(
+        lambda p: p.is_balanced and p.data_loss.link is Link.SOFTMAX,
+        lambda ps: cross_entropy_optimum(
+            *_balanced_shape(ps), _values(ps, "lambda_weight"), _values(ps, "lambda_features"),
+            _values(ps, "label_smoothing"),
+        ),
+    ),
+    ClosedForm(
+        lambda p: p.is_balanced and _squared(p) and not p.bias,
+        lambda ps: mse_optimum_without_bias(
+            *_balanced_shape(ps), _values(ps, "lambda_weight"), _values(ps, "lambda_features"), ps[0].loss
+        ),
+    ),
+    ClosedForm(
+        lambda p: p.is_balanced and _squared(p) and p.bias and p.lambda_bias == 0,
+        lambda ps: mse_optimum_with_free_bias(
+            *_balanced_shape(ps), _values(ps, "lambda_weight"), _values(ps, "lambda_features"), ps[0].loss
+        ),
+    ),
+    ClosedForm(
+        lambda p: p.is_balanced and _squared(p) and p.bias and p.lambda_bias > 0,
+        lambda ps: mse_optimum_with_regularised_bias(
+            *_balanced_shape(ps), _values(ps, "lambda_weight"), _values(ps, "lambda_features"),
+            _values(ps, "lambda_bias"), ps[0].loss,
+        ),
+    ),
+    ClosedForm(
+        lambda p: not p.is_balanced and _squared(p) and not p.bias,
+        lambda ps: mse_optimum_imbalanced_without_bias(
+            ps[0].class_counts, _values(ps, "lambda_weight"), _values(ps, "lambda_features"), ps[0].loss
+        ),
+    ),
+)  # fmt: skip
+"""Every closed form, with the problems it covers (docs/architecture.md, "Global optimum oracle"); imbalanced
+cross-entropy and imbalanced MSE with a bias have none (Hong and Ling 2023): the solver answers them."""

@@ -23,6 +23,13 @@ The cross-entropy takes ``A = softmax(F̂Ŵᵀ) − Y_s`` computed class-major, 
 softmax over classes then runs along dimension −2, vectorised over samples (over a last dimension of size C = 4
 torch's kernel is about 6× slower at 64 replicas).
 
+**Per replica.** The step size η (:class:`~ufm_torch.training.replica_sgd.ReplicaSGD`) and the decays (a tuple
+per replica in the :class:`~ufm_torch.objectives.ufm.Objective`) may differ between replicas. The factors are then
+tensors ``(R, 1, 1)`` (:class:`StepFactors`): a per-replica rate ``ηc`` scales the residual once per step (both
+gradients are products of it), a per-replica ``1 − ηλ_H`` scales F̂ before the GEMM and the column factors of Ŵ
+become ``(R, 1, p + 1)``. A factor that every replica shares stays a number, so a run without variation takes
+exactly the operations above.
+
 Any other optimiser (and plain descent when a hook must run at every ``on_before_optimizer_step``) receives the
 closed-form gradients in ``.grad`` (the bias buffer of a bias-free head none) and takes its step through the public
 ``LightningOptimizer.step``, so the precision plugin and every hook see it and its state stays the one a checkpoint
@@ -32,27 +39,85 @@ package's one adapter to Lightning's step counting.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from ufm_torch.models import ClosedFormNetwork
 from ufm_torch.objectives.losses import Link
-from ufm_torch.objectives.ufm import PAPER_OBJECTIVE, Objective
+from ufm_torch.objectives.ufm import PAPER_OBJECTIVE, Objective, PerReplica, replica_tensor
 from ufm_torch.training.lightning_steps import count_fused_steps
+from ufm_torch.training.replica_sgd import ReplicaSGD
 
 FOLDED_BIAS_LIMIT = 2**20
 """Largest number of entries of ``[F, 1]`` (all replicas) for which plain descent folds the bias into copies of the
 weights: above it the arithmetic dominates and the copies would only add memory traffic."""
 
 
-def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> float | None:
-    """The step size η if ``optimizer`` is plain gradient descent (``x ← x − η∇R``), else None."""
-    if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
+def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> PerReplica | None:
+    """The step size η if ``optimizer`` is plain gradient descent (``x ← x − η∇R``), else None: a number, or a
+    tuple of one per replica for :class:`~ufm_torch.training.replica_sgd.ReplicaSGD`."""
+    if type(optimizer) not in (torch.optim.SGD, ReplicaSGD) or len(optimizer.param_groups) != 1:
         return None
     group = optimizer.param_groups[0]
     plain = group["momentum"] == 0 and group["weight_decay"] == 0 and not group["maximize"]
-    return float(group["lr"]) if plain else None
+    if not plain:
+        return None
+    return group["lr"] if isinstance(group["lr"], tuple) else float(group["lr"])
+
+
+def _times(step_size: PerReplica, value: PerReplica, offset: float = 0.0, sign: float = 1.0) -> PerReplica:
+    """``offset + sign·η·v`` for a number or per replica (a tuple when either is one), in Python floats."""
+    if isinstance(step_size, float) and isinstance(value, float | int):
+        return offset + sign * step_size * value
+    steps = step_size if isinstance(step_size, tuple) else None
+    values = value if isinstance(value, tuple) else None
+    count = len(steps or values)
+    return tuple(
+        offset + sign * (steps[r] if steps else step_size) * (values[r] if values else value) for r in range(count)
+    )
+
+
+@dataclass(frozen=True)
+class StepFactors:
+    """The numbers of one plain-descent step (module docstring), each a number or a per-replica tensor ``(R, 1, 1)``:
+    ``rate`` ηc, ``feature_keep`` 1 − ηλ_H, ``classifier_keep`` 1 − ηλ_W and ``bias_keep`` 1 − ηλ_b."""
+
+    rate: float | Tensor
+    feature_keep: float | Tensor
+    classifier_keep: float | Tensor
+    bias_keep: float | Tensor
+
+    @classmethod
+    def of(cls, step_size: PerReplica, objective: Objective, num_samples: int, like: Tensor) -> StepFactors:
+        """The factors of ``objective`` at step size η (a number or one per replica) for tensors like ``like``."""
+        scale = objective.data_loss.residual_scale(num_samples)
+        values = (
+            _times(step_size, scale),
+            _times(step_size, objective.feature_decay, 1.0, -1.0),
+            _times(step_size, objective.classifier_decay, 1.0, -1.0),
+            _times(step_size, objective.bias_decay, 1.0, -1.0),
+        )
+        return cls(*(replica_tensor(value, like, trailing=2) for value in values))
+
+    @property
+    def residual_rate(self) -> float:
+        """The α of the products: −ηc when the rate is a number, −1 when it scales the residual per replica."""
+        return -self.rate if isinstance(self.rate, float) else -1.0
+
+    def scale_residual(self, residual: Tensor) -> Tensor:
+        """``residual`` times a per-replica rate in place (unchanged when the rate is a number: it is the α)."""
+        return residual if isinstance(self.rate, float) else residual.mul_(self.rate)
+
+    def keep_features(self, features: Tensor) -> float:
+        """Apply a per-replica ``1 − ηλ_H`` to ``features`` in place and return the GEMM's β (1), or return the shared
+        factor as the β."""
+        if isinstance(self.feature_keep, float):
+            return self.feature_keep
+        features.mul_(self.feature_keep)
+        return 1.0
 
 
 @torch.no_grad()
@@ -96,16 +161,16 @@ def softmax_residual(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def folded_bias_descent(
-    network: ClosedFormNetwork, targets: Tensor, steps: int, step_size: float,
+    network: ClosedFormNetwork, targets: Tensor, steps: int, step_size: PerReplica,
     objective: Objective = PAPER_OBJECTIVE,
 ) -> Tensor:
     """Plain descent on ``F̂ = [F, 1]``, ``Ŵ = [W, b]`` (module docstring; ``F̂ = F``, ``Ŵ = W`` without a bias);
     returns the final logits ``F̂Ŵᵀ``."""
     features, weight, bias = network.closed_form_features(), network.head.weight, network.head.bias
     has_bias, feature_dim = network.head.has_bias, features.shape[-1]
-    rate = step_size * objective.data_loss.residual_scale(features.shape[-2])
-    feature_keep = 1.0 - step_size * objective.feature_decay
-    column_keep = folded_column_keep(weight, step_size, objective, has_bias)
+    factors = StepFactors.of(step_size, objective, features.shape[-2], features)
+    alpha = factors.residual_rate
+    column_keep = folded_column_keep(weight, factors, has_bias)
     if has_bias:
         folded_features = torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
         folded_weight = torch.cat([weight, bias.unsqueeze(-1)], dim=-1)
@@ -118,16 +183,17 @@ def folded_bias_descent(
     for _ in range(steps):
         if softmax:
             residual_t = torch.bmm(folded_weight, folded_features.transpose(-1, -2)).softmax(dim=-2).sub_(targets_t)
+            residual_t = factors.scale_residual(residual_t)
             residual, gradient = residual_t.transpose(-1, -2), torch.bmm(residual_t, folded_features)
         else:
-            residual = torch.baddbmm(targets, folded_features, folded_weight_t, beta=-1)
+            residual = factors.scale_residual(torch.baddbmm(targets, folded_features, folded_weight_t, beta=-1))
             gradient = torch.bmm(residual.transpose(-1, -2), folded_features)
-        folded_features.baddbmm_(residual, folded_weight, beta=feature_keep, alpha=-rate)
+        folded_features.baddbmm_(residual, folded_weight, beta=factors.keep_features(folded_features), alpha=alpha)
         if ones_column is not None:
             ones_column.fill_(1.0)
         if column_keep is not None:
             folded_weight.mul_(column_keep)
-        folded_weight.sub_(gradient, alpha=rate)
+        folded_weight.add_(gradient, alpha=alpha)
     features.copy_(folded_features[..., :feature_dim])
     weight.copy_(folded_weight[..., :feature_dim])
     if has_bias:
@@ -135,46 +201,50 @@ def folded_bias_descent(
     return torch.bmm(folded_features, folded_weight_t)
 
 
-def folded_column_keep(
-    weight: Tensor, step_size: float, objective: Objective, has_bias: bool
-) -> float | Tensor | None:
+def folded_column_keep(weight: Tensor, factors: StepFactors, has_bias: bool) -> float | Tensor | None:
     """The factor each column of ``Ŵ`` keeps per step: ``1 − ηλ_W`` on W's columns, ``1 − ηλ_b`` on the bias
-    column; a number when they agree, None when it is 1 (no decay)."""
-    classifier_keep = 1.0 - step_size * objective.classifier_decay
-    bias_keep = 1.0 - step_size * objective.bias_decay
-    if not has_bias or bias_keep == classifier_keep:
-        return None if classifier_keep == 1.0 else classifier_keep
-    keep = weight.new_full((weight.shape[-1] + 1,), classifier_keep)
-    keep[-1] = bias_keep
+    column; a number when they agree for every replica, None when it is 1 (no decay), else a tensor ``(p + 1,)`` or,
+    per replica, ``(R, 1, p + 1)``."""
+    classifier_keep, bias_keep = factors.classifier_keep, factors.bias_keep
+    if isinstance(classifier_keep, float) and isinstance(bias_keep, float):
+        if not has_bias or bias_keep == classifier_keep:
+            return None if classifier_keep == 1.0 else classifier_keep
+        keep = weight.new_full((weight.shape[-1] + 1,), classifier_keep)
+        keep[-1] = bias_keep
+        return keep
+    columns = weight.shape[-1] + (1 if has_bias else 0)
+    keep = weight.new_ones(weight.shape[0], 1, columns) * classifier_keep
+    if has_bias:
+        keep[..., -1:] = bias_keep
     return keep
 
 
 def in_place_descent(
-    network: ClosedFormNetwork, targets: Tensor, steps: int, step_size: float, logits: Tensor,
+    network: ClosedFormNetwork, targets: Tensor, steps: int, step_size: PerReplica, logits: Tensor,
     objective: Objective = PAPER_OBJECTIVE,
 ) -> Tensor:
     """Plain descent on the parameters themselves, ``F ← (1 − ηλ_H)F − η·RW`` as one GEMM, from the present
     state's ``logits``; returns the final logits (each step's product gives the next step's residual)."""
     features, weight, bias = network.closed_form_features(), network.head.weight, network.head.bias
     has_bias = network.head.has_bias
-    rate = step_size * objective.data_loss.residual_scale(features.shape[-2])
-    feature_keep = 1.0 - step_size * objective.feature_decay
-    classifier_keep = 1.0 - step_size * objective.classifier_decay
-    bias_keep = 1.0 - step_size * objective.bias_decay
+    factors = StepFactors.of(step_size, objective, features.shape[-2], features)
+    alpha = factors.residual_rate
+    bias_keep = factors.bias_keep if isinstance(factors.bias_keep, float) else factors.bias_keep.squeeze(-1)
     softmax = objective.data_loss.link is Link.SOFTMAX
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
         residual = softmax_residual(logits, targets) if softmax else logits.sub_(targets)
+        residual = factors.scale_residual(residual)
         grad_weight = torch.bmm(residual.transpose(-1, -2), features)
         grad_bias = residual.sum(dim=-2) if has_bias else None
-        features.baddbmm_(residual, weight, beta=feature_keep, alpha=-rate)
-        if classifier_keep != 1.0:
-            weight.mul_(classifier_keep)
-        weight.sub_(grad_weight, alpha=rate)
+        features.baddbmm_(residual, weight, beta=factors.keep_features(features), alpha=alpha)
+        if not isinstance(factors.classifier_keep, float) or factors.classifier_keep != 1.0:
+            weight.mul_(factors.classifier_keep)
+        weight.add_(grad_weight, alpha=alpha)
         if grad_bias is not None:
-            if bias_keep != 1.0:
+            if not isinstance(bias_keep, float) or bias_keep != 1.0:
                 bias.mul_(bias_keep)
-            bias.sub_(grad_bias, alpha=rate)
+            bias.add_(grad_bias, alpha=alpha)
         logits = torch.baddbmm(bias_row, features, weight_t)
     return logits
 
@@ -189,27 +259,35 @@ def optimizer_steps(
     features, weight, bias = network.closed_form_features(), network.head.weight, network.head.bias
     has_bias = network.head.has_bias
     scale = objective.data_loss.residual_scale(features.shape[-2])
-    feature_decay, classifier_decay, bias_decay = (
-        objective.feature_decay, objective.classifier_decay, objective.bias_decay
+    feature_decay, classifier_decay = (
+        replica_tensor(objective.feature_decay, features, 2), replica_tensor(objective.classifier_decay, weight, 2)
     )
+    bias_decay = replica_tensor(objective.bias_decay, bias, 1)
     softmax = objective.data_loss.link is Link.SOFTMAX
     bias_row, weight_t = bias.unsqueeze(-2), weight.transpose(-1, -2)
     for _ in range(steps):
         residual = softmax_residual(logits, targets) if softmax else logits.sub_(targets)
         if scale != 1.0:
             residual.mul_(scale)
-        if feature_decay:
-            features.grad = torch.baddbmm(features, residual, weight, beta=feature_decay)
-        else:
-            features.grad = torch.bmm(residual, weight)
-        if classifier_decay:
-            weight.grad = torch.baddbmm(weight, residual.transpose(-1, -2), features, beta=classifier_decay)
-        else:
-            weight.grad = torch.bmm(residual.transpose(-1, -2), features)
+        features.grad = decayed_product(residual, weight, features, feature_decay)
+        weight.grad = decayed_product(residual.transpose(-1, -2), features, weight, classifier_decay)
         if has_bias:
             bias.grad = residual.sum(dim=-2)
-            if bias_decay:
+            if not isinstance(bias_decay, float):
+                bias.grad.addcmul_(bias, bias_decay)
+            elif bias_decay:
                 bias.grad.add_(bias, alpha=bias_decay)
         optimizer.step()
         logits = torch.baddbmm(bias_row, features, weight_t)
     return logits
+
+
+def decayed_product(left: Tensor, right: Tensor, parameter: Tensor, decay: float | Tensor) -> Tensor:
+    """``left @ right + λ·parameter`` (a gradient with its decay): one GEMM with β = λ for a number λ, and for a
+    per-replica λ ``(R, 1, 1)`` one with β = 1 on ``λ ⊙ parameter`` (the GEMM scales by β first, so each replica
+    gets the numbers of its own run)."""
+    if not isinstance(decay, float):
+        return torch.baddbmm(parameter * decay, left, right)
+    if decay:
+        return torch.baddbmm(parameter, left, right, beta=decay)
+    return torch.bmm(left, right)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ufm_torch.hyperparameters import per_replica_value
 from ufm_torch.metrics.tags import LOSS_TAG, TRAIN_ACCURACY_TAG
-from ufm_torch.models import Network, default_loss_name, has_closed_form
-from ufm_torch.objectives.ufm import Objective
+from ufm_torch.models import Network, default_loss_name, has_free_layers, has_fused_steps
+from ufm_torch.objectives.deep_ufm import DeepObjective
+from ufm_torch.objectives.ufm import Objective, PerReplica
+from ufm_torch.training.deep_steps import free_layer_steps
 from ufm_torch.training.fused_descent import closed_form_steps
 from ufm_torch.training.lightning_steps import sees_every_optimizer_step
+from ufm_torch.training.replica_sgd import per_replica_optimizer
 from ufm_torch.training.step_boundaries import steps_until_boundary
 
 StepOutput = dict[str, Tensor]
@@ -35,8 +39,13 @@ class CollapseModule(L.LightningModule):
     of H (every row of ``network.closed_form_features()``); on a backbone it covers the batch's penultimate features
     ``network.forward_features(inputs)`` (Zhu et al. 2021's feature decay), which the head then maps to the logits
     (a minibatch of B of n samples thus carries ``λ_H/2‖H_B‖²_F``, in expectation ``(B/n)·λ_H/2‖H‖²_F``).
-    A bias-free head (``head.has_bias`` False) has b ≡ 0 and no λ_b term. The optimiser's own ``weight_decay``
-    still applies to whatever it optimises (backbone bodies, and on the UFM every parameter).
+    A bias-free head (``head.has_bias`` False) has b ≡ 0 and no λ_b term. On the deep UFM (a
+    :class:`~ufm_torch.models.FreeLayersNetwork`) f is :class:`~ufm_torch.objectives.deep_ufm.DeepObjective`'s: λ_H
+    on all of H_1, λ_W on the classifier W_L and ``hidden_decay`` (None: λ_W) on W_1 … W_{L−1}. The optimiser's own
+    ``weight_decay`` still applies to whatever it optimises (backbone bodies, and on the UFM every parameter).
+    Per replica: s, λ_H, λ_W, λ_b and the optimiser's ``lr`` may each be a list, on a network built with the
+    hyperparameter grid of :mod:`ufm_torch.hyperparameters`; each replica then takes its own value from its identity
+    (a tuple per replica in the objective, :class:`~ufm_torch.training.replica_sgd.ReplicaSGD` for the step sizes).
 
     The loss of a step is the sum over replicas of the per-replica f, so every replica receives exactly the
     gradient it would get alone. ``optimizer`` is a partial (Hydra ``_partial_: true``) that receives the
@@ -54,13 +63,15 @@ class CollapseModule(L.LightningModule):
     0.65 ms a call on this project's CPU machine, Lightning issue #20388: the two calls took 1.3 ms, against 1.9 ms
     for the rest of a 30-replica fused block of 20 steps).
 
-    A network without a closed form (a backbone, any network that is not a
-    :class:`~ufm_torch.models.ClosedFormNetwork`) trains with Lightning's automatic optimisation. The UFM on full
-    batches (every loss, decay and bias setting) takes up to ``fused_steps`` closed-form gradient steps per batch
-    (:mod:`ufm_torch.training.fused_descent`), stopping at every step a callback must see
-    (:mod:`ufm_torch.training.step_boundaries`); ``global_step`` counts each. The logits of the state a block leaves
-    are kept: :meth:`current_logits` hands them to the collapse monitor (no forward pass at an evaluation) and the
-    next block starts from them (no product to start it). The UFM on minibatches takes autograd steps of f.
+    A network without fused steps of its own (a backbone, any network that is neither a
+    :class:`~ufm_torch.models.ClosedFormNetwork` nor a :class:`~ufm_torch.models.FreeLayersNetwork`) trains with
+    Lightning's automatic optimisation. The UFM on full batches (every loss, decay and bias setting) takes up to
+    ``fused_steps`` closed-form gradient steps per batch (:mod:`ufm_torch.training.fused_descent`), the deep UFM as
+    many steps of hand-written backpropagation (:mod:`ufm_torch.training.deep_steps`), stopping at every step a
+    callback must see (:mod:`ufm_torch.training.step_boundaries`); ``global_step`` counts each. The logits of the
+    state a closed-form block leaves are kept: :meth:`current_logits` hands them to the collapse monitor (no forward
+    pass at an evaluation) and the next block starts from them (no product to start it). Either UFM on minibatches
+    takes autograd steps of f.
     """
 
     def __init__(
@@ -69,41 +80,48 @@ class CollapseModule(L.LightningModule):
         optimizer: OptimizerFactory,
         loss: str | None = None,
         fused_steps: int = 1000,
-        label_smoothing: float = 0.0,
-        feature_decay: float = 0.0,
-        classifier_decay: float = 0.0,
-        bias_decay: float = 0.0,
+        label_smoothing: float | Sequence[float] = 0.0,
+        feature_decay: float | Sequence[float] = 0.0,
+        classifier_decay: float | Sequence[float] = 0.0,
+        bias_decay: float | Sequence[float] = 0.0,
         scheduler: SchedulerFactory | None = None,
+        hidden_decay: float | None = None,
     ) -> None:
         super().__init__()
         loss = loss or default_loss_name(network)
-        self.objective = Objective(loss, label_smoothing, feature_decay, classifier_decay, bias_decay)
+        settings = [identity.hyperparameters for identity in network.replica_identities()]
+        given = {"label_smoothing": label_smoothing, "feature_decay": feature_decay,
+                 "classifier_decay": classifier_decay, "bias_decay": bias_decay}  # fmt: skip
+        values = {name: per_replica_value(value, f"module.{name}", settings) for name, value in given.items()}
+        self.objective = Objective(loss, **values)
+        self.deep_objective = DeepObjective(self.objective, hidden_decay)
         self.network = network
-        self.optimizer_factory = optimizer
+        self.optimizer_factory = per_replica_optimizer(optimizer, settings)
         self.scheduler_factory = scheduler
         self.loss_name = loss
         self.loss_fn: Callable[[Tensor, Tensor], Tensor] = self.objective.data_term
         self.fused_steps = fused_steps
-        self.automatic_optimization = not has_closed_form(network)
+        self.automatic_optimization = not has_fused_steps(network)
+        self.trains_free_layers = has_free_layers(network)
         self.block_logits: tuple[tuple[int, ...], Tensor] | None = None
 
     @property
-    def label_smoothing(self) -> float:
+    def label_smoothing(self) -> PerReplica:
         """s of the cross-entropy (``module.label_smoothing``)."""
         return self.objective.label_smoothing
 
     @property
-    def feature_decay(self) -> float:
+    def feature_decay(self) -> PerReplica:
         """λ_H (``module.feature_decay``)."""
         return self.objective.feature_decay
 
     @property
-    def classifier_decay(self) -> float:
+    def classifier_decay(self) -> PerReplica:
         """λ_W (``module.classifier_decay``)."""
         return self.objective.classifier_decay
 
     @property
-    def bias_decay(self) -> float:
+    def bias_decay(self) -> PerReplica:
         """λ_b (``module.bias_decay``)."""
         return self.objective.bias_decay
 
@@ -112,7 +130,7 @@ class CollapseModule(L.LightningModule):
         return self.network(inputs)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> StepOutput:
-        """One optimiser step (or a fused block of full-batch steps for the UFM); returns the summed objective and
+        """One optimiser step (or a fused block of full-batch steps for either UFM); returns the summed objective and
         the means over replicas of objective and accuracy (class docstring)."""
         inputs, labels = batch
         if self.automatic_optimization:
@@ -120,15 +138,24 @@ class CollapseModule(L.LightningModule):
             logits = self.network.head(features)
             return self._step_output(self.objective_value(logits, labels, features), logits, labels)
         optimizer = self.optimizers()
-        features = self.network.closed_form_features()
+        if self.trains_free_layers:
+            features = self.network.free_layers().features
+        else:
+            features = self.network.closed_form_features()
         if inputs.shape[0] == features.shape[-2]:
             row_labels = torch.empty_like(labels).index_copy_(0, inputs, labels)
             steps = steps_until_boundary(self.trainer, self.fused_steps)
-            logits = closed_form_steps(
-                self.network, row_labels, optimizer, steps, logits=self.current_logits(),
-                through_optimizer=sees_every_optimizer_step(self.trainer), objective=self.objective,
-            )
-            self.block_logits = (self._state_stamp(), logits)
+            through_optimizer = sees_every_optimizer_step(self.trainer)
+            if self.trains_free_layers:
+                logits = free_layer_steps(
+                    self.network, row_labels, optimizer, steps, self.deep_objective, through_optimizer
+                )
+            else:
+                logits = closed_form_steps(
+                    self.network, row_labels, optimizer, steps, logits=self.current_logits(),
+                    through_optimizer=through_optimizer, objective=self.objective,
+                )
+                self.block_logits = (self._state_stamp(), logits)
             return self._step_output(self.objective_value(logits, row_labels, features), logits, row_labels)
         optimizer.zero_grad()
         logits = self.network(inputs)
@@ -139,12 +166,16 @@ class CollapseModule(L.LightningModule):
 
     def objective_value(self, logits: Tensor, labels: Tensor, features: Tensor) -> Tensor:
         """f per replica: the data term of ``logits`` against ``labels`` plus the decays of the head's W and b and of
-        ``features`` (all of H for the UFM, the batch's penultimate features for a backbone)."""
+        ``features`` (all of H for the UFM, the batch's penultimate features for a backbone); for a deep UFM the
+        decays of all of H_1 and of every W_l instead (``features`` unused)."""
         value = self.objective.data_term(logits, labels)
-        if not self.objective.is_regularised:
-            return value
         head = self.network.head
         bias = head.bias if getattr(head, "has_bias", True) else None
+        if self.trains_free_layers:
+            free_features, weights, _ = self.network.free_layers()
+            return value + self.deep_objective.penalty(free_features, weights, bias)
+        if not self.objective.is_regularised:
+            return value
         return value + self.objective.penalty(features, head.weight, bias)
 
     def current_logits(self) -> Tensor | None:
