@@ -68,7 +68,7 @@ def test_the_contract_names_what_the_trainer_and_the_monitor_read() -> None:
         "num_classes", "feature_dim", "head", "num_replicas", "free_features", "replica_identities",
         "forward_features", "forward",
     }  # fmt: skip
-    assert protocol_members(ClosedFormNetwork) == {"closed_form_features"}
+    assert protocol_members(ClosedFormNetwork) == {"closed_form_features", "normalize"}
     assert protocol_members(FreeLayersNetwork) == {"free_layers"}
     assert {UFM_DEFAULT_LOSS, BACKBONE_DEFAULT_LOSS} <= set(LOSSES)
 

@@ -46,6 +46,7 @@ from ufm_torch.analysis.laboratory_figures import (
     regularization_figure,
 )
 from ufm_torch.analysis.layerwise_figure import LAYERWISE_CSV, layer_order, layerwise_figure, write_layerwise_table
+from ufm_torch.analysis.many_classes_figure import many_classes_figure
 from ufm_torch.analysis.paper_figures import (
     RunSetup,
     TheoryCurve,
@@ -90,6 +91,7 @@ class ReportSettings:
     layerwise: bool = False
     deep_linear: bool = False
     deep_collapse: bool = False
+    many_classes: bool = False
     dpi: int = 150
     snc3_theory: bool = True
     print_summary: bool = True
@@ -255,6 +257,7 @@ def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = F
         ("minority_collapse.png", "minority_collapse", minority_collapse_figure),
         ("deep_linear.png", "deep_linear", deep_linear_figure),
         ("deep_collapse.png", "deep_collapse", deep_collapse_figure),
+        ("many_classes.png", "many_classes", many_classes_figure),
     )
     for name, flag, draw in laboratory:
         if drawn and any(getattr(setting, flag) for setting in settings):

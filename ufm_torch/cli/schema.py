@@ -132,6 +132,7 @@ class ModelConfig(Section):
     batch_norm: StrictBool = absent_or(TRUE_OR_FALSE)
     channels: Annotated[list[PositiveInt], Field(min_length=1)] = absent_or("a non-empty list of integers >= 1")
     bias: StrictBool = absent_or(TRUE_OR_FALSE)
+    normalize: StrictBool = absent_or(TRUE_OR_FALSE)
 
     @field_validator("activation")
     @classmethod
@@ -173,6 +174,7 @@ class ModuleConfig(Section):
         f"null (module.classifier_decay) or {NUMBERS_AT_LEAST_0}"
     )
     bias_decay: OneOrList[NonNegativeReal] = absent_or(NUMBERS_AT_LEAST_0)
+    temperature: PositiveReal | None = absent_or("null or a number > 0")
 
 
 class CollapseMonitorConfig(Section):

@@ -151,8 +151,10 @@ def check_class_sizes(cfg: DictConfig) -> None:
 
 
 def check_bias_decay(cfg: DictConfig) -> None:
-    """``module.bias_decay`` needs a bias."""
+    """``module.bias_decay`` needs a bias (the spherical UFM's own message: :func:`check_spherical`)."""
     bias_decay = OmegaConf.select(cfg, "module.bias_decay", default=0.0) or 0.0
+    if OmegaConf.select(cfg, "model.normalize", default=False):
+        return
     if nonzero(bias_decay) and OmegaConf.select(cfg, "model.bias", default=True) is False:
         raise ConfigError(
             f"module.bias_decay={bias_decay} needs a bias, but model.bias=false; set module.bias_decay=0 or "
@@ -169,6 +171,48 @@ def check_label_smoothing(cfg: DictConfig) -> None:
             f"module.label_smoothing={smoothing} applies to {losses} only (now {effective_loss(cfg)}); set "
             f"module.label_smoothing=0 or {losses}"
         )
+
+
+def check_spherical(cfg: DictConfig) -> None:
+    """``model.normalize`` (the spherical UFM) has no bias and no decay (``λ/2‖x‖²`` is constant on the sphere, and
+    the regularised UFM's oracle would not apply) and trains by full-batch Riemannian plain descent;
+    ``module.temperature`` belongs to it and to the cross-entropy."""
+    temperature = OmegaConf.select(cfg, "module.temperature", default=None)
+    normalize = OmegaConf.select(cfg, "model.normalize", default=False)
+    if temperature is not None and not normalize:
+        raise ConfigError(
+            f"module.temperature={temperature} applies to the spherical UFM only; set model.normalize=true"
+        )
+    if temperature is not None and effective_loss(cfg) != "cross_entropy":
+        raise ConfigError(
+            f"module.temperature={temperature} needs module.loss=cross_entropy (now {effective_loss(cfg)}); set "
+            "module.loss=cross_entropy or module.temperature=null"
+        )
+    if not normalize:
+        return
+    if OmegaConf.select(cfg, "model.bias", default=True):
+        raise ConfigError("model.normalize=true puts H and W on the unit sphere without a bias; set model.bias=false")
+    bias_decay = OmegaConf.select(cfg, "module.bias_decay", default=0.0) or 0.0
+    if nonzero(bias_decay):
+        raise ConfigError(
+            f"module.bias_decay={bias_decay} has no bias to act on with model.normalize=true; set it to 0"
+        )
+    for name in ("feature_decay", "classifier_decay"):
+        decay = OmegaConf.select(cfg, f"module.{name}", default=0.0) or 0.0
+        if nonzero(decay):
+            raise ConfigError(
+                f"module.{name}={decay} is a constant on the unit sphere (model.normalize=true); set it to 0"
+            )
+    optimizer = str(OmegaConf.select(cfg, "optimizer._target_", default=""))
+    momentum = OmegaConf.select(cfg, "optimizer.momentum", default=0.0) or 0.0
+    weight_decay = OmegaConf.select(cfg, "optimizer.weight_decay", default=0.0) or 0.0
+    if optimizer != "torch.optim.SGD" or momentum or weight_decay:
+        raise ConfigError(
+            f"model.normalize=true trains by Riemannian plain gradient descent only (now {optimizer}, momentum="
+            f"{momentum}, weight_decay={weight_decay}); use optimizer=sgd with momentum=0 and weight_decay=0"
+        )
+    if OmegaConf.select(cfg, "data.batch_size", default=None) is not None:
+        raise ConfigError("model.normalize=true trains on the full batch; set data.batch_size=null")
 
 
 def check_scheduler_shape(cfg: DictConfig) -> None:
@@ -256,6 +300,7 @@ def validate_config(cfg: DictConfig) -> None:
     # From here on the checks import torch (never Lightning).
     num_samples = training_samples(cfg)
     check_label_smoothing(cfg)
+    check_spherical(cfg)
     check_backbone_only_keys(cfg)
     check_hidden_decay(cfg)
     check_objective(cfg)

@@ -36,10 +36,17 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from ufm_torch.errors import ConfigError
 from ufm_torch.metrics.deep_collapse import class_mean_metrics, dnc1, dnc2_geometry, numerical_rank, stable_rank
+from ufm_torch.metrics.hyperspherical import max_pairwise_cosine, softmax_code_margin
 from ufm_torch.metrics.layers import FeatureMap, LayerTaps, classifier_parameters, find_module, read_batch
 from ufm_torch.metrics.statistics import ClassLabels, ClassStatistics, class_statistics
 from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES, snc_metrics_from_statistics
-from ufm_torch.metrics.tags import HELDOUT_ACCURACY_TAG, LOSS_TAG, TRAIN_ACCURACY_TAG, metric_tag
+from ufm_torch.metrics.tags import (
+    HELDOUT_ACCURACY_TAG,
+    HYPERSPHERICAL_TAGS,
+    LOSS_TAG,
+    TRAIN_ACCURACY_TAG,
+    metric_tag,
+)
 from ufm_torch.metrics.two_pass import CentredMomentsAccumulator, ClassMeansAccumulator
 from ufm_torch.metrics.variability import layer_metrics_from_statistics, layer_metrics_with_statistics
 from ufm_torch.models import ClosedFormNetwork, FreeLayersNetwork
@@ -167,7 +174,9 @@ def measure_free_features(
 
     ``labels``: the run's labels, checked and counted once (:func:`ufm_torch.metrics.statistics.class_labels`), any
     class sizes n_k. ``logits`` ``(R, n, C)`` are those of the state measured when known (the module's last fused
-    block), else one forward pass. NC1–NC4 and the field's metrics from one pass of class statistics of the whole
+    block), else one forward pass. A spherical UFM (``network.normalize``) adds its classifier's
+    :data:`~ufm_torch.metrics.tags.HYPERSPHERICAL_TAGS`, the max pairwise cosine and the softmax-code margin ρ(W).
+    NC1–NC4 and the field's metrics from one pass of class statistics of the whole
     tensor (:func:`ufm_torch.metrics.layer_metrics_with_statistics`); SNC1–SNC3 and dist_S by
     :func:`strong_collapse_values`. A bias-free UFM's ``head.bias`` is its zero buffer, so SNC3 = ‖0 − 1/C‖₂. Runs in
     inference mode: its hundreds of small operations skip autograd's bookkeeping (12–17% faster than ``no_grad`` at
@@ -180,6 +189,9 @@ def measure_free_features(
     values = tagged(layer_metrics_with_statistics(statistics, weight, bias) | strong_collapse_values(
         statistics, weight, bias, labels
     ))  # fmt: skip
+    if network.normalize:
+        sphere = (max_pairwise_cosine(weight), softmax_code_margin(weight))
+        values |= dict(zip(HYPERSPHERICAL_TAGS, sphere, strict=True))
     values[LOSS_TAG] = objective(logits, labels.labels, features).to(torch.float64)
     values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels.labels).to(torch.float64).mean(-1)
     return NetworkMeasurement([LayerValues(layer, TRAIN, values)], statistics.means)

@@ -25,6 +25,9 @@ DNC2, DNC3) and the layer's ranks (Súkeník, Lampert & Mondelli 2024); DNC1 of 
 LOSS_VS_DNC_TAG = "optimum/loss_vs_dnc"
 """f − f_DNC: a deep ReLU UFM's loss against the best point of the DNC family where no global optimum is known
 (K > 2; :func:`ufm_torch.theory.relu_dnc_reference`); negative when training found a lower, low-rank solution."""
+HYPERSPHERICAL_TAGS = ("collapse/max_cosine", "collapse/softmax_margin")
+"""The spherical UFM's classifier (``model.normalize=true``): ``max_{j≠k} cos(w_j, w_k)`` and the softmax-code
+margin ρ(W) (Jiang et al. 2024, ICML; :mod:`ufm_torch.metrics.hyperspherical`)."""
 SNC_TAGS = ("strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S")
 LOSS_TAG = "train/loss"
 TRAIN_ACCURACY_TAG = "train/accuracy"
@@ -41,8 +44,8 @@ def scalar_tags() -> tuple[str, ...]:
     """Every scalar metric tag a run can log: each NC and SNC metric, the losses and accuracies."""
     names = (*NC_METRIC_NAMES, *SNC_METRIC_NAMES)
     return (
-        *(metric_tag(name) for name in names), *FIELD_TAGS, *DEEP_COLLAPSE_TAGS, LOSS_TAG, *ACCURACY_TAGS,
-        *OPTIMUM_TAGS, LOSS_VS_DNC_TAG,
+        *(metric_tag(name) for name in names), *FIELD_TAGS, *HYPERSPHERICAL_TAGS, *DEEP_COLLAPSE_TAGS, LOSS_TAG,
+        *ACCURACY_TAGS, *OPTIMUM_TAGS, LOSS_VS_DNC_TAG,
     )  # fmt: skip
 
 

@@ -94,6 +94,10 @@ class ClosedFormNetwork(Network, Protocol):
     :meth:`closed_form_features`.
     """
 
+    normalize: bool
+    """Whether every row of F and of W lies on the unit sphere (the spherical UFM, no bias): the fused steps are
+    then Riemannian (:func:`ufm_torch.training.fused_descent.spherical_descent`)."""
+
     def closed_form_features(self) -> nn.Parameter:
         """F = Hᵀ, ``(R, n, p)``: the classifier's input of every training sample (row i is sample i), itself the
         parameter that closed-form steps update in place; the logits of sample i are ``head(F[..., i, :])``."""

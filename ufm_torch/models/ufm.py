@@ -98,6 +98,11 @@ def random_direction(shape: tuple[int, ...], generator: torch.Generator) -> Tens
     return direction / direction.norm()
 
 
+def unit_rows(matrix: Tensor) -> Tensor:
+    """``matrix`` with every row divided by its Euclidean norm: a point of the product of unit spheres."""
+    return matrix / matrix.norm(dim=-1, keepdim=True)
+
+
 class UnconstrainedFeatures(nn.Module):
     """UFM of Mixon, Parshall and Pi: ``features`` ``(R, n, p)`` (Hᵀ per replica) and a :class:`LinearHead`.
 
@@ -116,6 +121,12 @@ class UnconstrainedFeatures(nn.Module):
     makes one replica group per setting: replicas are ordered setting-major, then scale-major: replica ``r`` has
     setting ``settings[r]``, init scale ``init_scales[r]``, copy index ``copy_indices[r] = r % replicas`` and seed
     ``seeds[r]`` from :func:`replica_seeds`, so that copy k of every setting and ε starts from the same directions.
+    ``normalize=True`` gives the spherical UFM (Jiang et al. 2024, "Generalized neural collapse for a large number
+    of classes", ICML): every feature row h_i and classifier row w_k on the unit sphere S^{p−1}, no bias (``bias``
+    must be False). The Gaussian rows are normalised at initialisation, so ε has no effect there (it only scales
+    the directions before normalising); the trainer keeps the rows on the sphere by Riemannian descent
+    (:func:`ufm_torch.training.fused_descent.spherical_descent`), and the temperature τ is the objective's
+    (``module.temperature``).
     Inputs are sample indices; ``forward`` returns logits of shape ``(R, B, C)``. A
     :class:`~ufm_torch.models.contract.ClosedFormNetwork`: the trainer takes fused closed-form steps on
     :meth:`closed_form_features`.
@@ -136,8 +147,12 @@ class UnconstrainedFeatures(nn.Module):
         imbalance_ratio: float = 1.0,
         minority_classes: int | None = None,
         hyperparameters: HyperparameterGrid | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
+        if normalize and bias:
+            raise ValueError("model.normalize=true puts W and H on the unit sphere, without bias; set model.bias=false")
+        self.normalize = normalize
         self.class_sizes = class_sizes(num_classes, samples_per_class, imbalance_ratio, minority_classes)
         self.is_balanced = len(set(self.class_sizes)) == 1
         self.num_classes = num_classes
@@ -158,6 +173,8 @@ class UnconstrainedFeatures(nn.Module):
             generator = torch.Generator().manual_seed(replica_seed)
             features.append(scale * random_direction((num_samples, feature_dim), generator))
             weight.append(scale * random_direction((num_classes, feature_dim), generator))
+        if normalize:
+            features, weight = [unit_rows(f) for f in features], [unit_rows(w) for w in weight]
         target_dtype = getattr(torch, dtype)
         self.features = nn.Parameter(torch.stack(features).to(target_dtype))
         self.head = LinearHead(

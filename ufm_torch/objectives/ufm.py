@@ -36,7 +36,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ufm_torch.objectives.losses import LABEL_SMOOTHING_LOSSES, LOSSES, Loss, one_hot_targets, smoothed_targets
+from ufm_torch.objectives.losses import (
+    LABEL_SMOOTHING_LOSSES,
+    LOSSES,
+    Link,
+    Loss,
+    one_hot_targets,
+    smoothed_targets,
+)
 
 PerReplica = float | tuple[float, ...]
 """A value of every replica (a number) or of each replica (a tuple of R numbers, in replica order)."""
@@ -87,7 +94,10 @@ class Objective:
     ``loss`` names the data term D (``module.loss``), ``label_smoothing`` is s (``cross_entropy`` only),
     ``feature_decay`` λ_H, ``classifier_decay`` λ_W, ``bias_decay`` λ_b (each ≥ 0; the defaults give the paper's
     risk); each of the four is a number or a tuple of one value per replica (:data:`PerReplica`). ``bias``
-    arguments are None for a bias-free model (b ≡ 0).
+    arguments are None for a bias-free model (b ≡ 0). ``temperature`` τ > 0 (None: 1) divides the logits before
+    the cross-entropy, ``D(Z/τ)`` (the spherical UFM of Jiang et al. 2024, "Generalized neural collapse for a large
+    number of classes", ICML, logits ``⟨w_k, h_i⟩/τ``); the residual of :meth:`gradients` is then
+    ``∂D/∂Z = (1/τ)·D'(Z/τ)``.
     """
 
     loss: str = "sum_squared"
@@ -95,10 +105,16 @@ class Objective:
     feature_decay: PerReplica = 0.0
     classifier_decay: PerReplica = 0.0
     bias_decay: PerReplica = 0.0
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"module.loss={self.loss!r} is not one of {sorted(LOSSES)}")
+        if self.temperature is not None:
+            if not (math.isfinite(self.temperature) and self.temperature > 0):
+                raise ValueError(f"module.temperature={self.temperature} must be null or a finite number > 0")
+            if self.data_loss.link is not Link.SOFTMAX:
+                raise ValueError(f"module.temperature applies to module.loss=cross_entropy only, not to {self.loss}")
         smoothing = replica_values(self.label_smoothing)
         if not all(0.0 <= value < 1.0 for value in smoothing):
             raise ValueError(f"module.label_smoothing={self.label_smoothing} must lie in [0, 1)")
@@ -130,9 +146,23 @@ class Objective:
         smoothing = torch.tensor(self.label_smoothing, dtype=dtype, device=labels.device).view(-1, 1, 1)
         return one_hot_targets(labels, num_classes, dtype) * (1.0 - smoothing) + smoothing / num_classes
 
+    @property
+    def inverse_temperature(self) -> float:
+        """1/τ, 1 without a temperature."""
+        return 1.0 if self.temperature is None else 1.0 / self.temperature
+
     def data_term(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """``D`` per replica from the logits ``(..., n, C)``."""
+        """``D(Z/τ)`` per replica from the logits Z ``(..., n, C)`` (τ = 1 without a temperature)."""
+        if self.temperature is not None:
+            logits = logits * self.inverse_temperature
         return self.data_loss.value(logits, labels, replica_tensor(self.label_smoothing, logits))
+
+    def logit_residual(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """``R = ∂D(Z/τ)/∂Z = (1/τ)·c(σ(Z/τ) − Y)``, shape ``(..., n, C)`` (module docstring; τ = 1 without a
+        temperature)."""
+        if self.temperature is None:
+            return self.data_loss.residual(logits, targets)
+        return self.data_loss.residual(logits * self.inverse_temperature, targets).mul_(self.inverse_temperature)
 
     def penalty(self, features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (only the terms of some non-zero decay are
@@ -161,7 +191,7 @@ class Objective:
         if bias is not None:
             logits = logits + bias.unsqueeze(-2)
         targets = self.targets(labels, weight.shape[-2], logits.dtype)
-        rows = self.data_loss.residual(logits, targets)
+        rows = self.logit_residual(logits, targets)
         grad_features = rows @ weight + replica_tensor(self.feature_decay, features, trailing=2) * features
         grad_weight = rows.transpose(-1, -2) @ features + replica_tensor(self.classifier_decay, weight, 2) * weight
         grad_bias = None if bias is None else rows.sum(dim=-2) + replica_tensor(self.bias_decay, bias, 1) * bias

@@ -30,6 +30,11 @@ gradients are products of it), a per-replica ``1 − ηλ_H`` scales F̂ before 
 become ``(R, 1, p + 1)``. A factor that every replica shares stays a number, so a run without variation takes
 exactly the operations above.
 
+**The spherical UFM** (``network.normalize``: rows of F and W on the unit sphere, no bias) takes Riemannian plain
+descent instead (:func:`spherical_steps`): the same closed-form gradient with ``R = ∂D(Z/τ)/∂Z``, projected per row
+onto the sphere's tangent space and followed by the retraction ``x ← (x − ηg)/‖x − ηg‖`` (Yaras et al. 2022),
+batched over replicas; only plain SGD (the config checks refuse the other optimisers).
+
 Any other optimiser (and plain descent when a hook must run at every ``on_before_optimizer_step``) receives the
 closed-form gradients in ``.grad`` (the bias buffer of a bias-free head none) and takes its step through the public
 ``LightningOptimizer.step``, so the precision plugin and every hook see it and its state stays the one a checkpoint
@@ -142,6 +147,8 @@ def closed_form_steps(
     """
     features = network.closed_form_features()
     targets = objective.targets(row_labels, network.num_classes, features.dtype)
+    if network.normalize:
+        return spherical_steps(network, targets, optimizer, steps, through_optimizer, objective)
     step_size = None if through_optimizer else plain_gradient_descent_rate(optimizer.optimizer)
     if step_size is None:
         logits = network.head(features) if logits is None else logits
@@ -153,6 +160,75 @@ def closed_form_steps(
         logits = in_place_descent(network, targets, steps, step_size, logits, objective)
     count_fused_steps(optimizer, steps)
     return logits
+
+
+def spherical_steps(
+    network: ClosedFormNetwork, targets: Tensor, optimizer: LightningOptimizer, steps: int, through_optimizer: bool,
+    objective: Objective,
+) -> Tensor:
+    """``steps`` Riemannian steps of plain descent on the spherical UFM (``network.normalize``): in place
+    (:func:`spherical_descent`), or through ``optimizer.step()`` with the Riemannian gradient in ``.grad`` and the
+    retraction after each step when a hook must see every step. Plain SGD only (the config checks refuse any other
+    optimiser: momentum would need a vector transport). Returns the final logits."""
+    step_size = plain_gradient_descent_rate(optimizer.optimizer)
+    if step_size is None:
+        raise ValueError("model.normalize=true trains with plain SGD only (no momentum, no weight decay)")
+    if not through_optimizer:
+        logits = spherical_descent(network, targets, steps, step_size, objective)
+        count_fused_steps(optimizer, steps)
+        return logits
+    features, weight = network.closed_form_features(), network.head.weight
+    for _ in range(steps):
+        features.grad, weight.grad = riemannian_gradients(features, weight, targets, objective)
+        optimizer.step()
+        retract_rows(features)
+        retract_rows(weight)
+    return torch.bmm(features, weight.transpose(-1, -2))
+
+
+def riemannian_gradients(
+    features: Tensor, weight: Tensor, targets: Tensor, objective: Objective
+) -> tuple[Tensor, Tensor]:
+    """The Riemannian gradient of f on the product of unit spheres (Absil, Mahony and Sepulchre 2008, eq. 3.37;
+    Yaras et al. 2022, "Neural collapse with normalized features: a geometric analysis over the Riemannian
+    manifold"): the Euclidean ``∇_F = RW``, ``∇_W = RᵀF`` with ``R = ∂D(Z/τ)/∂Z``, ``Z = FWᵀ``
+    (:meth:`~ufm_torch.objectives.ufm.Objective.logit_residual`), each row projected onto its tangent space,
+    ``g − ⟨g, x⟩x``. The decays are constant on the sphere (``λ/2‖x‖² = λ/2`` per row): their gradient λx projects
+    to zero and is left out."""
+    residual = objective.logit_residual(torch.bmm(features, weight.transpose(-1, -2)), targets)
+    grad_features = tangent_projection(torch.bmm(residual, weight), features)
+    grad_weight = tangent_projection(torch.bmm(residual.transpose(-1, -2), features), weight)
+    return grad_features, grad_weight
+
+
+def tangent_projection(gradient: Tensor, point: Tensor) -> Tensor:
+    """``g − ⟨g, x⟩x`` for every row x of ``point`` and g of ``gradient`` (in place): the projection onto the
+    tangent space of the unit sphere at x."""
+    return gradient.sub_((gradient * point).sum(dim=-1, keepdim=True) * point)
+
+
+def retract_rows(point: Tensor) -> Tensor:
+    """``x ← x/‖x‖`` for every row (in place): the retraction of the unit sphere, applied after ``x − ηg``."""
+    return point.div_(point.norm(dim=-1, keepdim=True))
+
+
+def spherical_descent(
+    network: ClosedFormNetwork, targets: Tensor, steps: int, step_size: PerReplica, objective: Objective
+) -> Tensor:
+    """Riemannian gradient descent on the product of spheres, batched over replicas: per step both
+    :func:`riemannian_gradients` g at the present state, then ``x ← (x − ηg)/‖x − ηg‖`` for every row of F and of
+    W (η a number or one per replica). Returns the final logits ``FWᵀ`` (without the 1/τ)."""
+    features, weight = network.closed_form_features(), network.head.weight
+    rate = replica_tensor(step_size, features, trailing=2)
+    for _ in range(steps):
+        grad_features, grad_weight = riemannian_gradients(features, weight, targets, objective)
+        for point, gradient in ((features, grad_features), (weight, grad_weight)):
+            if isinstance(rate, float):
+                point.add_(gradient, alpha=-rate)
+            else:
+                point.sub_(gradient.mul_(rate))
+            retract_rows(point)
+    return torch.bmm(features, weight.transpose(-1, -2))
 
 
 def softmax_residual(logits: Tensor, targets: Tensor) -> Tensor:

@@ -34,7 +34,8 @@ class CollapseModule(L.LightningModule):
         f(W, H, b) = D(W, H, b) + λ_W/2 ‖W‖²_F + λ_H/2 ‖H‖²_F + λ_b/2 ‖b‖²
 
     ``loss`` names the data term D, one of :data:`ufm_torch.objectives.losses.LOSSES` (None:
-    :func:`default_loss_name`); ``label_smoothing`` is s for ``cross_entropy``; ``feature_decay`` λ_H,
+    :func:`default_loss_name`); ``label_smoothing`` is s for ``cross_entropy``; ``temperature`` τ (None: 1) divides
+    the logits before the cross-entropy (the spherical UFM, ``model.normalize``); ``feature_decay`` λ_H,
     ``classifier_decay`` λ_W and ``bias_decay`` λ_b default to 0 (f = D). On the UFM the feature penalty covers all
     of H (every row of ``network.closed_form_features()``); on a backbone it covers the batch's penultimate features
     ``network.forward_features(inputs)`` (Zhu et al. 2021's feature decay), which the head then maps to the logits
@@ -86,6 +87,7 @@ class CollapseModule(L.LightningModule):
         bias_decay: float | Sequence[float] = 0.0,
         scheduler: SchedulerFactory | None = None,
         hidden_decay: float | None = None,
+        temperature: float | None = None,
     ) -> None:
         super().__init__()
         loss = loss or default_loss_name(network)
@@ -93,7 +95,7 @@ class CollapseModule(L.LightningModule):
         given = {"label_smoothing": label_smoothing, "feature_decay": feature_decay,
                  "classifier_decay": classifier_decay, "bias_decay": bias_decay}  # fmt: skip
         values = {name: per_replica_value(value, f"module.{name}", settings) for name, value in given.items()}
-        self.objective = Objective(loss, **values)
+        self.objective = Objective(loss, **values, temperature=temperature)
         self.deep_objective = DeepObjective(self.objective, hidden_decay)
         self.network = network
         self.optimizer_factory = per_replica_optimizer(optimizer, settings)
