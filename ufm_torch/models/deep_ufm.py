@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ufm_torch.models.contract import FreeLayers, ReplicaIdentity
+from ufm_torch.models.contract import FreeLayers
 from ufm_torch.models.head import LinearHead
-from ufm_torch.models.ufm import class_sizes, expand_init_scales, random_direction, replica_seeds
+from ufm_torch.models.ufm import ReplicatedModel, class_sizes, random_direction
 
 
 class Activation(enum.Enum):
@@ -63,7 +63,7 @@ class HiddenLayer(nn.Module):
         return self.activation.apply(rows @ self.weight.transpose(-1, -2))
 
 
-class DeepUnconstrainedFeatures(nn.Module):
+class DeepUnconstrainedFeatures(ReplicatedModel):
     """Deep UFM (module docstring): ``features`` H_1ᵀ ``(R, n, p)``, ``layers`` (W_1 … W_{L−1}) and the ``head``
     (W_L, and b with ``bias=True``).
 
@@ -114,10 +114,7 @@ class DeepUnconstrainedFeatures(nn.Module):
         width = feature_dim if width is None else width
         self.width = width
         self.feature_dim = width if depth > 1 else feature_dim
-        self.init_scales = expand_init_scales(init_scale, replicas)
-        self.copy_indices = [r % replicas for r in range(len(self.init_scales))]
-        copy_seeds = replica_seeds(seed, replicas)
-        self.seeds = [copy_seeds[copy] for copy in self.copy_indices]
+        self.assign_replicas(init_scale, replicas, seed)
         dims = [feature_dim] + [width] * (depth - 1) + [num_classes]
         shapes = [(sum(self.class_sizes), feature_dim)] + [(dims[layer + 1], dims[layer]) for layer in range(depth)]
         factors: list[list[Tensor]] = [[] for _ in shapes]
@@ -134,17 +131,6 @@ class DeepUnconstrainedFeatures(nn.Module):
         with torch.no_grad():
             self.head.weight.copy_(weights[-1])
             self.head.bias.zero_()
-
-    @property
-    def num_replicas(self) -> int:
-        """Number of independent copies R trained together."""
-        return len(self.init_scales)
-
-    def replica_identities(self) -> list[ReplicaIdentity]:
-        """``(ε, copy, seed)`` of every replica, in replica order."""
-        return [
-            ReplicaIdentity(*identity) for identity in zip(self.init_scales, self.copy_indices, self.seeds, strict=True)
-        ]
 
     def free_layers(self) -> FreeLayers:
         """H_1ᵀ, ``(W_1, …, W_L)`` (W_L the head's weight) and σ: what the fused steps update in place."""

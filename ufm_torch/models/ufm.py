@@ -103,7 +103,41 @@ def unit_rows(matrix: Tensor) -> Tensor:
     return matrix / matrix.norm(dim=-1, keepdim=True)
 
 
-class UnconstrainedFeatures(nn.Module):
+class ReplicatedModel(nn.Module):
+    """A model trained as R replicas in one batched tensor: who each replica is, for the UFM and the deep UFM.
+
+    Replicas are ordered by hyperparameter setting, then init scale, then copy: replica ``r`` has the setting
+    ``settings[r]`` of the grid, init scale ``init_scales[r]``, copy index ``copy_indices[r] = r % replicas`` and
+    seed ``seeds[r]`` from :func:`replica_seeds` (copy k of every setting and scale starts from the same stream).
+    """
+
+    def assign_replicas(
+        self, init_scale: float | Sequence[float], replicas: int, seed: int,
+        hyperparameters: HyperparameterGrid | None = None,
+    ) -> None:  # fmt: skip
+        """Set ``settings``, ``init_scales``, ``copy_indices`` and ``seeds`` (class docstring)."""
+        group_scales = expand_init_scales(init_scale, replicas)
+        grid_settings = (hyperparameters or HyperparameterGrid()).settings()
+        self.settings = [setting for setting in grid_settings for _ in group_scales]
+        self.init_scales = group_scales * len(grid_settings)
+        self.copy_indices = [r % replicas for r in range(len(self.init_scales))]
+        copy_seeds = replica_seeds(seed, replicas)
+        self.seeds = [copy_seeds[copy] for copy in self.copy_indices]
+
+    @property
+    def num_replicas(self) -> int:
+        """Number of independent copies R trained together."""
+        return len(self.init_scales)
+
+    def replica_identities(self) -> list[ReplicaIdentity]:
+        """``(ε, copy, seed, hyperparameters)`` of every replica, in replica order."""
+        return [
+            ReplicaIdentity(*identity)
+            for identity in zip(self.init_scales, self.copy_indices, self.seeds, self.settings, strict=True)
+        ]
+
+
+class UnconstrainedFeatures(ReplicatedModel):
     """UFM of Mixon, Parshall and Pi: ``features`` ``(R, n, p)`` (Hᵀ per replica) and a :class:`LinearHead`.
 
     Class sizes: ``class_sizes = [n_0, …, n_{C−1}]`` from :func:`class_sizes` (``samples_per_class`` an integer N,
@@ -160,13 +194,7 @@ class UnconstrainedFeatures(nn.Module):
         self.imbalance_ratio = float(imbalance_ratio)
         self.minority_classes = minority_classes
         self.feature_dim = feature_dim
-        group_scales = expand_init_scales(init_scale, replicas)
-        grid_settings = (hyperparameters or HyperparameterGrid()).settings()
-        self.settings = [setting for setting in grid_settings for _ in group_scales]
-        self.init_scales = group_scales * len(grid_settings)
-        self.copy_indices = [r % replicas for r in range(len(self.init_scales))]
-        copy_seeds = replica_seeds(seed, replicas)
-        self.seeds = [copy_seeds[copy] for copy in self.copy_indices]
+        self.assign_replicas(init_scale, replicas, seed, hyperparameters)
         num_samples = sum(self.class_sizes)
         features, weight = [], []
         for scale, replica_seed in zip(self.init_scales, self.seeds, strict=True):
@@ -183,18 +211,6 @@ class UnconstrainedFeatures(nn.Module):
         with torch.no_grad():
             self.head.weight.copy_(torch.stack(weight))
             self.head.bias.zero_()
-
-    @property
-    def num_replicas(self) -> int:
-        """Number of independent copies R trained together."""
-        return len(self.init_scales)
-
-    def replica_identities(self) -> list[ReplicaIdentity]:
-        """``(ε, copy, seed, hyperparameters)`` of every replica, in replica order."""
-        return [
-            ReplicaIdentity(*identity)
-            for identity in zip(self.init_scales, self.copy_indices, self.seeds, self.settings, strict=True)
-        ]
 
     def closed_form_features(self) -> nn.Parameter:
         """The feature parameter Hᵀ ``(R, n, p)``, the classifier's input of every sample: the logits are
