@@ -76,6 +76,7 @@ gpu-check: $(VISION_STAMP)
 	$(VISION_BIN)/python -m pytest -m gpu -q
 	$(VISION_BIN)/python -m benchmarks.bench_gpu_crossover
 	$(VISION_BIN)/python -m benchmarks.bench_gpu_crossover --dtype float32
+	$(VISION_BIN)/python -m benchmarks.bench_spherical_step --device cuda
 
 clean:
 	rm -rf $(VENV) $(VISION_VENV) outputs/runs outputs/multiruns

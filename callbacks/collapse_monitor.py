@@ -319,7 +319,8 @@ class CollapseMonitor(L.Callback):
         if self.closed_form:
             network = pl_module.network
             measurement = measure_free_features(
-                network, self.labels, self.plan.layers[0], pl_module.objective_value, pl_module.current_logits()
+                network, self.labels, self.plan.layers[0], pl_module.objective_value, pl_module.current_logits(),
+                pl_module.objective_without_logits(),
             )
             if self.optimum is not None:
                 measurement.values.update(distances_to_optimum(network, trainer.datamodule.labels, self.optimum))

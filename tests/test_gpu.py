@@ -160,3 +160,37 @@ def test_backbone_trains_in_bf16_mixed_on_one_gpu(tmp_path: Path, short_run_over
     overrides = ("model=mlp", "data=digits", "trainer.precision=bf16-mixed")
     result = run_ufm_train(*short_run_overrides, *GPU_TRAINER, *overrides, cwd=tmp_path)
     assert_finishes_with_finite_metrics(tmp_path / "run", result)
+
+
+def test_spherical_steps_in_chunks_of_samples_agree_with_the_cpu() -> None:
+    """The spherical UFM's Riemannian steps over chunks of samples (several chunks: 1 000 classes, 40 000 samples,
+    two replicas with their own τ) give on the GPU the parameters they give on the CPU."""
+    from ufm_torch.objectives.ufm import Objective
+    from ufm_torch.training.fused_descent import spherical_descent
+
+    objective = Objective("cross_entropy", temperature=(0.1, 0.5))
+    labels = class_major_labels(1000, 40)
+    networks = {}
+    for device in ("cpu", DEVICE):
+        network = UnconstrainedFeatures(1000, 40, 16, replicas=2, seed=3, bias=False, normalize=True).to(device)
+        with torch.no_grad():
+            spherical_descent(network, labels.to(device), 5, 0.5, objective)
+        networks[str(device)] = network
+    for name in ("features", "head.weight"):
+        cpu = networks["cpu"].get_parameter(name).detach()
+        cuda = networks[str(DEVICE)].get_parameter(name).detach().cpu()
+        torch.testing.assert_close(cuda, cpu, rtol=RTOL, atol=ATOL)
+
+
+def test_the_spherical_step_benchmark_runs_on_the_gpu() -> None:
+    """``benchmarks/bench_spherical_step.py --device cuda`` at C = 10 000, p = 512, N = 10 prints its ratios (the
+    figures are read by ``make gpu-check``; no time is asserted)."""
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_spherical_step", "--device", "cuda", "--skip-metrics"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    print(completed.stdout)
+    assert "spherical step" in completed.stdout and "peak memory allocated on the device" in completed.stdout

@@ -1,13 +1,14 @@
 """Per-replica hyperparameters: the config keys that give every replica group its own value, and the grid they form.
 
 A key of :data:`HYPERPARAMETERS` (``module.classifier_decay``, ``module.feature_decay``, ``module.bias_decay``,
-``module.hidden_decay``, ``module.label_smoothing``, ``optimizer.lr``) takes a number, shared by every replica, or a
-list, each value of which becomes a replica group, exactly as ``model.init_scale`` does. Lists on several keys form
-their grid, the Cartesian product (:class:`HyperparameterGrid`, the first key of :data:`HYPERPARAMETERS` outermost),
-times the init scales, times ``model.replicas`` copies: replica ``r`` of a grid of G settings, E init scales and K
-copies has setting ``r // (E·K)``, init scale ``(r // K) % E`` and copy ``r % K``. Keys whose values are the same
-interpolation (``module.feature_decay: ${decay}`` and ``module.classifier_decay: ${decay}``), or one of which
-interpolates the other, vary together: they form one axis of the grid (:func:`hyperparameter_grid`).
+``module.hidden_decay``, ``module.label_smoothing``, ``module.temperature``, ``optimizer.lr``) takes a number, shared
+by every replica, or a list, each value of which becomes a replica group, exactly as ``model.init_scale`` does. Lists
+on several keys form their grid, the Cartesian product (:class:`HyperparameterGrid`, the first key of
+:data:`HYPERPARAMETERS` outermost), times the init scales, times ``model.replicas`` copies: replica ``r`` of a grid of
+G settings, E init scales and K copies has setting ``r // (E·K)``, init scale ``(r // K) % E`` and copy ``r % K``.
+Keys whose values are the same interpolation (``module.feature_decay: ${decay}`` and ``module.classifier_decay:
+${decay}``), or one of which interpolates the other, vary together: they form one axis of the grid
+(:func:`hyperparameter_grid`).
 
 Each replica carries its :class:`HyperparameterSetting` in its identity
 (:class:`ufm_torch.models.ReplicaIdentity`): ``metrics.jsonl`` writes one field per varied key, named by the key, and
@@ -57,6 +58,7 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter("module.bias_decay", "lam_b", "λ_b"),
         Hyperparameter("module.hidden_decay", "lam_hidden", "λ_hidden"),
         Hyperparameter("module.label_smoothing", "smoothing", "s"),
+        Hyperparameter("module.temperature", "tau", "τ"),
         Hyperparameter(STEP_SIZE_KEY, "lr", "η"),
     )
 }

@@ -72,6 +72,15 @@ def resolved(config: dict[str, Any], node: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.select(OmegaConf.create(config), node), resolve=True)
 
 
+def replica_temperatures(job: Job, replicas: int) -> list[float]:
+    """Each replica's τ: ``module.temperature`` (null: 1), or with a list (one replica group per τ) the
+    ``module.temperature`` of each replica's final record."""
+    temperature = resolved(job.config, "module").get("temperature")
+    if not isinstance(temperature, list):
+        return [float(temperature or 1.0)] * replicas
+    return [float(record["module.temperature"]) for record in final_records(job.records)]
+
+
 def job_problem(config: dict[str, Any], **changes: Any) -> UFMProblem:
     """The regularised UFM a job's config trains, for the oracle. ``changes`` replace data keys
     (``imbalance_ratio``), both decays (``decay``: λ = λ_W = λ_H) or a per-replica hyperparameter of the module by

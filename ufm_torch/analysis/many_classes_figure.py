@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
-from ufm_torch.analysis.laboratory_figures import resolved
+from ufm_torch.analysis.laboratory_figures import replica_temperatures, resolved
 from ufm_torch.analysis.records import as_float
 from ufm_torch.run_folder.jobs import Job
 from ufm_torch.theory.softmax_code import softmax_code
@@ -50,18 +50,20 @@ def many_classes_figure(jobs: Sequence[Job]) -> Figure:
     softmax_code's best code, the p = 3 Tammes optima (left) and a line where C passes p + 1."""
     figure = Figure(figsize=(11.0, 4.6), layout="constrained")
     angle_axes, margin_axes = figure.subplots(1, 2)
-    trained: dict[float | None, dict[int, tuple[list[float], list[float]]]] = {}
+    trained: dict[float, dict[int, tuple[list[float], list[float]]]] = {}
     feature_dims = set()
     for job in jobs:
         num_classes = int(resolved(job.config, "data")["num_classes"])
-        temperature = resolved(job.config, "module").get("temperature")
         feature_dims.add(int(resolved(job.config, "model")["feature_dim"]))
-        values = (final_values(job, MAX_COSINE_TAG), final_values(job, MARGIN_TAG))
-        trained.setdefault(temperature, {})[num_classes] = values
+        cosines, margins = final_values(job, MAX_COSINE_TAG), final_values(job, MARGIN_TAG)
+        for temperature, cosine, margin in zip(replica_temperatures(job, len(cosines)), cosines, margins, strict=True):
+            by_classes = trained.setdefault(temperature, {}).setdefault(num_classes, ([], []))
+            by_classes[0].append(cosine)
+            by_classes[1].append(margin)
     (feature_dim,) = feature_dims
     classes = sorted({num_classes for by_classes in trained.values() for num_classes in by_classes})
-    for index, (temperature, by_classes) in enumerate(sorted(trained.items(), key=lambda item: -(item[0] or 1.0))):
-        label, marker = f"trained, τ = {temperature if temperature is not None else 1}", "o^vsD"[index % 5]
+    for index, (temperature, by_classes) in enumerate(sorted(trained.items(), key=lambda item: -item[0])):
+        label, marker = f"trained, τ = {temperature:g}", "o^vsD"[index % 5]
         for num_classes, (cosines, margins) in sorted(by_classes.items()):
             angle_axes.plot([num_classes] * len(cosines), [min_angle_degrees(c) for c in cosines], marker,
                             color=f"C{4 + index}", markerfacecolor="none", label=label)  # fmt: skip

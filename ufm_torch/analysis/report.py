@@ -47,6 +47,7 @@ from ufm_torch.analysis.laboratory_figures import (
 )
 from ufm_torch.analysis.layerwise_figure import LAYERWISE_CSV, layer_order, layerwise_figure, write_layerwise_table
 from ufm_torch.analysis.many_classes_figure import many_classes_figure
+from ufm_torch.analysis.orthoplex_figure import orthoplex_figure
 from ufm_torch.analysis.paper_figures import (
     RunSetup,
     TheoryCurve,
@@ -92,6 +93,7 @@ class ReportSettings:
     deep_linear: bool = False
     deep_collapse: bool = False
     many_classes: bool = False
+    orthoplex: bool = False
     dpi: int = 150
     snc3_theory: bool = True
     print_summary: bool = True
@@ -258,6 +260,7 @@ def write_sweep_report(sweep_dir: Path, tensorboard: bool = True, runs: bool = F
         ("deep_linear.png", "deep_linear", deep_linear_figure),
         ("deep_collapse.png", "deep_collapse", deep_collapse_figure),
         ("many_classes.png", "many_classes", many_classes_figure),
+        ("orthoplex.png", "orthoplex", orthoplex_figure),
     )
     for name, flag, draw in laboratory:
         if drawn and any(getattr(setting, flag) for setting in settings):

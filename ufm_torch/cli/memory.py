@@ -8,7 +8,9 @@ W is C × p, b is C, for each of R replicas, n = Σ_k n_k):
 - parameters ``R(pn + Cp + C)``, their gradients as many again, and the optimiser's state (heavy ball: one copy;
   Adam: two);
 - the training step: the logits ``Z = WH + b1ᵀ`` and the residual ∂D/∂Z of one batch, ``2RBC`` for a batch of B
-  samples (B = n in full batch), plus the softmax ``RBC`` for cross-entropy;
+  samples (B = n in full batch), plus the softmax ``RBC`` for cross-entropy; the spherical UFM (``model.normalize``)
+  computes them over chunks of samples (:mod:`ufm_torch.objectives.sample_chunks`), ``min(RnC, K)`` for a chunk of
+  at most K = ``CHUNK_ENTRIES`` logits, the residual written over them;
 - the metrics of one evaluation: a centred copy of the features ``Rpn``, class means and classifier ``2RCp``,
   within- and between-class covariances ``2Rp²`` and the Gram matrices ``3RC²``.
 
@@ -67,17 +69,22 @@ def estimate_ufm_memory(
     cross_entropy: bool = False,
     depth: int = 1,
     width: int | None = None,
+    logit_chunk: int | None = None,
 ) -> MemoryEstimate:
     """The :class:`MemoryEstimate` of a UFM run (module docstring): n samples, C classes, p features, R replicas,
     batch B (None: full batch), ``optimizer_states`` copies of the parameters kept by the optimiser; a deep UFM of
-    ``depth`` L and ``width`` d (None: p)."""
+    ``depth`` L and ``width`` d (None: p); ``logit_chunk`` K: the most logits a step holds when it works over chunks
+    of samples (None: all of them)."""
     n, c, p, r = num_samples, num_classes, feature_dim, replicas
     d = p if width is None else width
     batch = min(batch_size or n, n)
     dims = [p] + [d] * (depth - 1) + [c]
     weights = sum(dims[layer] * dims[layer + 1] for layer in range(depth))
     parameters = r * (p * n + weights + c) * (2 + optimizer_states)
-    training_step = r * batch * c * (3 if cross_entropy else 2)
+    if logit_chunk is None:
+        training_step = r * batch * c * (3 if cross_entropy else 2)
+    else:
+        training_step = min(r * batch * c, logit_chunk)
     if depth > 1:
         training_step += r * batch * ((depth - 1) * d + 2 * max(p, d))
     q = dims[-2]
@@ -131,6 +138,7 @@ def check_memory(cfg: DictConfig, num_samples: int | None, free_features: bool, 
         cross_entropy=loss.link is Link.SOFTMAX,
         depth=depth,
         width=OmegaConf.select(cfg, "model.width", default=None),
+        logit_chunk=_logit_chunk(cfg),
     )
     available = available_memory(cfg)
     if available is None or estimate.total <= available:
@@ -142,6 +150,15 @@ def check_memory(cfg: DictConfig, num_samples: int | None, free_features: bool, 
         f"available; lower {', '.join(SIZE_KEYS + (DEEP_SIZE_KEYS if depth > 1 else ()))} or set data.batch_size, "
         "or set allow_large_memory=true to try"
     )
+
+
+def _logit_chunk(cfg: DictConfig) -> int | None:
+    """K of the spherical UFM's chunked steps (``model.normalize``), None for every other network."""
+    if not OmegaConf.select(cfg, "model.normalize", default=False):
+        return None
+    from ufm_torch.objectives.sample_chunks import CHUNK_ENTRIES
+
+    return CHUNK_ENTRIES
 
 
 def _replica_count(cfg: DictConfig) -> int:

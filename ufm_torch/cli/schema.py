@@ -174,7 +174,9 @@ class ModuleConfig(Section):
         f"null (module.classifier_decay) or {NUMBERS_AT_LEAST_0}"
     )
     bias_decay: OneOrList[NonNegativeReal] = absent_or(NUMBERS_AT_LEAST_0)
-    temperature: PositiveReal | None = absent_or("null or a number > 0")
+    temperature: OneOrList[PositiveReal] | None = absent_or(
+        "null, a number > 0 or a non-empty list of numbers > 0 (one per replica group)"
+    )
 
 
 class CollapseMonitorConfig(Section):

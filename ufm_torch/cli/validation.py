@@ -176,8 +176,9 @@ def check_label_smoothing(cfg: DictConfig) -> None:
 def check_spherical(cfg: DictConfig) -> None:
     """``model.normalize`` (the spherical UFM) has no bias and no decay (``λ/2‖x‖²`` is constant on the sphere, and
     the regularised UFM's oracle would not apply) and trains by full-batch Riemannian plain descent;
-    ``module.temperature`` belongs to it and to the cross-entropy."""
-    temperature = OmegaConf.select(cfg, "module.temperature", default=None)
+    ``module.temperature`` (a number, or a list of one τ per replica group; each > 0, the schema's check) belongs
+    to it and to the cross-entropy."""
+    temperature = _plain(OmegaConf.select(cfg, "module.temperature", default=None))
     normalize = OmegaConf.select(cfg, "model.normalize", default=False)
     if temperature is not None and not normalize:
         raise ConfigError(
@@ -315,7 +316,8 @@ def validate_config(cfg: DictConfig) -> None:
     check_memory(cfg, num_samples, _trains_free_features(cfg), LOSSES[effective_loss(cfg)])
     feature_dim = OmegaConf.select(cfg, "model.feature_dim")
     num_classes = OmegaConf.select(cfg, "data.num_classes")
-    if feature_dim is not None and num_classes is not None and feature_dim < num_classes - 1:
+    spherical = OmegaConf.select(cfg, "model.normalize", default=False)
+    if not spherical and feature_dim is not None and num_classes is not None and feature_dim < num_classes - 1:
         warnings.warn(
             f"model.feature_dim={feature_dim} < num_classes - 1 = {num_classes - 1}: strong neural collapse is "
             "impossible (Theorem 3(c) needs rank W0 >= C - 1)",

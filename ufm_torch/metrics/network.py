@@ -36,7 +36,14 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from ufm_torch.errors import ConfigError
 from ufm_torch.metrics.deep_collapse import class_mean_metrics, dnc1, dnc2_geometry, numerical_rank, stable_rank
-from ufm_torch.metrics.hyperspherical import max_pairwise_cosine, softmax_code_margin
+from ufm_torch.metrics.hyperspherical import (
+    gnc1,
+    gnc3,
+    hyperspherical_energy,
+    log_hyperspherical_energy,
+    max_pairwise_cosine,
+    softmax_code_margin,
+)
 from ufm_torch.metrics.layers import FeatureMap, LayerTaps, classifier_parameters, find_module, read_batch
 from ufm_torch.metrics.statistics import ClassLabels, ClassStatistics, class_statistics
 from ufm_torch.metrics.strong_collapse import SNC_METRIC_NAMES, snc_metrics_from_statistics
@@ -167,15 +174,21 @@ def tagged(values: dict[str, Tensor]) -> dict[str, Tensor]:
 
 @torch.inference_mode()
 def measure_free_features(
-    network: ClosedFormNetwork, labels: ClassLabels, layer: str, objective: Objective, logits: Tensor | None = None
+    network: ClosedFormNetwork, labels: ClassLabels, layer: str, objective: Objective, logits: Tensor | None = None,
+    loss_and_accuracy: tuple[Tensor, Tensor] | None = None,
 ) -> NetworkMeasurement:
     """Every collapse metric of each UFM replica from its parameters, plus ``train/loss`` (the objective f with its
     decays) and ``train/accuracy``, as the training values of ``layer`` (the name of the classifier, whose input H is).
 
     ``labels``: the run's labels, checked and counted once (:func:`ufm_torch.metrics.statistics.class_labels`), any
     class sizes n_k. ``logits`` ``(R, n, C)`` are those of the state measured when known (the module's last fused
-    block), else one forward pass. A spherical UFM (``network.normalize``) adds its classifier's
-    :data:`~ufm_torch.metrics.tags.HYPERSPHERICAL_TAGS`, the max pairwise cosine and the softmax-code margin ρ(W).
+    block), else one forward pass; ``loss_and_accuracy`` ``((R,), (R,))``, when given, are f and the accuracy of the
+    state computed without holding its logits (the module's
+    :meth:`~ufm_torch.training.module.CollapseModule.objective_without_logits`, over chunks of samples), and then
+    no logits are formed. A spherical UFM (``network.normalize``) adds
+    :data:`~ufm_torch.metrics.tags.HYPERSPHERICAL_TAGS` of :mod:`ufm_torch.metrics.hyperspherical`: the
+    classifier's max pairwise cosine, softmax-code margin ρ(W), Riesz (s = 1) and logarithmic hyperspherical
+    energies, GNC1 of the features and GNC3 of classifier and class means (Jiang et al. 2024; Liu et al. 2023).
     NC1–NC4 and the field's metrics from one pass of class statistics of the whole
     tensor (:func:`ufm_torch.metrics.layer_metrics_with_statistics`); SNC1–SNC3 and dist_S by
     :func:`strong_collapse_values`. A bias-free UFM's ``head.bias`` is its zero buffer, so SNC3 = ‖0 − 1/C‖₂. Runs in
@@ -183,18 +196,30 @@ def measure_free_features(
     the paper's size).
     """
     features, weight, bias = network.closed_form_features(), network.head.weight, network.head.bias
-    if logits is None:
-        logits = network.head(features)
     statistics = class_statistics(features, labels, weight.shape[-2])
     values = tagged(layer_metrics_with_statistics(statistics, weight, bias) | strong_collapse_values(
         statistics, weight, bias, labels
     ))  # fmt: skip
     if network.normalize:
-        sphere = (max_pairwise_cosine(weight), softmax_code_margin(weight))
-        values |= dict(zip(HYPERSPHERICAL_TAGS, sphere, strict=True))
-    values[LOSS_TAG] = objective(logits, labels.labels, features).to(torch.float64)
-    values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels.labels).to(torch.float64).mean(-1)
+        values |= hyperspherical_values(features, weight, labels, statistics.means)
+    if loss_and_accuracy is not None:
+        values[LOSS_TAG], values[TRAIN_ACCURACY_TAG] = (value.to(torch.float64) for value in loss_and_accuracy)
+    else:
+        logits = network.head(features) if logits is None else logits
+        values[LOSS_TAG] = objective(logits, labels.labels, features).to(torch.float64)
+        values[TRAIN_ACCURACY_TAG] = (logits.argmax(-1) == labels.labels).to(torch.float64).mean(-1)
     return NetworkMeasurement([LayerValues(layer, TRAIN, values)], statistics.means)
+
+
+def hyperspherical_values(features: Tensor, weight: Tensor, labels: ClassLabels, means: Tensor) -> dict[str, Tensor]:
+    """:data:`~ufm_torch.metrics.tags.HYPERSPHERICAL_TAGS` of a spherical UFM, in their order: ``max_{j≠k}
+    cos(w_j, w_k)``, ρ(W), ``E_1``, ``E_0`` of the classifier's rows, GNC1 of ``features`` and GNC3 of ``weight``
+    against the class ``means`` (formulas in :mod:`ufm_torch.metrics.hyperspherical`)."""
+    sphere = (
+        max_pairwise_cosine(weight), softmax_code_margin(weight), hyperspherical_energy(weight),
+        log_hyperspherical_energy(weight), gnc1(features, labels.labels, weight.shape[-2]), gnc3(means, weight),
+    )  # fmt: skip
+    return dict(zip(HYPERSPHERICAL_TAGS, sphere, strict=True))
 
 
 FREE_LAYER_NAMES = ("network.features", "network.layers.{index}")

@@ -25,9 +25,13 @@ DNC2, DNC3) and the layer's ranks (Súkeník, Lampert & Mondelli 2024); DNC1 of 
 LOSS_VS_DNC_TAG = "optimum/loss_vs_dnc"
 """f − f_DNC: a deep ReLU UFM's loss against the best point of the DNC family where no global optimum is known
 (K > 2; :func:`ufm_torch.theory.relu_dnc_reference`); negative when training found a lower, low-rank solution."""
-HYPERSPHERICAL_TAGS = ("collapse/max_cosine", "collapse/softmax_margin")
-"""The spherical UFM's classifier (``model.normalize=true``): ``max_{j≠k} cos(w_j, w_k)`` and the softmax-code
-margin ρ(W) (Jiang et al. 2024, ICML; :mod:`ufm_torch.metrics.hyperspherical`)."""
+HYPERSPHERICAL_TAGS = (
+    "collapse/max_cosine", "collapse/softmax_margin", "collapse/hyperspherical_energy",
+    "collapse/log_hyperspherical_energy", "collapse/gnc1", "collapse/gnc3",
+)  # fmt: skip
+"""The spherical UFM (``model.normalize=true``): its classifier's ``max_{j≠k} cos(w_j, w_k)``, softmax-code margin
+ρ(W), Riesz (s = 1) and logarithmic hyperspherical energies (Jiang et al. 2024, ICML; Liu et al. 2023), GNC1 of the
+features and GNC3 of classifier and class means (Jiang et al. 2024; :mod:`ufm_torch.metrics.hyperspherical`)."""
 SNC_TAGS = ("strong_collapse/snc1", "strong_collapse/snc2", "strong_collapse/snc3", "strong_collapse/dist_S")
 LOSS_TAG = "train/loss"
 TRAIN_ACCURACY_TAG = "train/accuracy"

@@ -121,6 +121,23 @@ class Loss(ABC):
         difference = predictions - targets
         return difference / logits.shape[-2] if self.mean_reduced else difference
 
+    def label_residual_(self, logits: Tensor, labels: Tensor, label_smoothing: float | Tensor = 0.0) -> Tensor:
+        """``σ(Z) − Q`` written over ``logits`` ``(..., b, C)`` (in place, and returned) from the integer ``labels``
+        ``(b,)``, without the factor c and without an ``(n, C)`` target matrix: ``Q = Y``, or ``Y_s = (1 − s)Y +
+        (s/C)11ᵀ`` for the cross-entropy with label smoothing s (a number or a tensor of the replica shape ``(...)``).
+        The chunked passes of :mod:`ufm_torch.objectives.sample_chunks` take it per chunk of samples."""
+        if self.link is Link.SOFTMAX:
+            peak = logits.amax(dim=-1, keepdim=True)
+            logits.sub_(peak).exp_()
+            logits.div_(logits.sum(dim=-1, keepdim=True))
+        index = labels.expand(*logits.shape[:-1]).unsqueeze(-1)
+        if isinstance(label_smoothing, float | int):
+            logits.scatter_(-1, index, logits.gather(-1, index).sub_(1.0 - label_smoothing))
+            return logits.sub_(label_smoothing / logits.shape[-1]) if label_smoothing else logits
+        smoothing = label_smoothing.reshape(*label_smoothing.shape, 1, 1)
+        logits.scatter_(-1, index, logits.gather(-1, index).sub_(1.0 - smoothing))
+        return logits.sub_(smoothing / logits.shape[-1])
+
 
 class SumSquaredError(Loss):
     """``D = ½‖Z − Y‖²_F`` (:func:`sum_squared_error`), the paper's risk (Mixon et al., Section 2)."""

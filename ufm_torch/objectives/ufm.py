@@ -22,10 +22,10 @@ Closed-form gradient, with the residual ``R = ∂D/∂logits`` of shape ``(n, C)
 ``R = Z − Y`` (sum_squared), ``(Z − Y)/n`` (mean_squared), ``(softmax(Z) − Y_s)/n`` (cross_entropy, ``Y_s`` the
 smoothed targets), ``Z = FWᵀ + 1bᵀ`` the logits. A model without bias has ``b ≡ 0``: no λ_b term and no ∇_b.
 
-Per replica: s, λ_H, λ_W and λ_b are each a number (every replica's) or a tuple of R numbers, one per replica in
-replica order (:data:`PerReplica`; :mod:`ufm_torch.hyperparameters`). A tuple acts as a tensor of shape ``(R, 1, …)``
-broadcast over each replica's rows (:func:`replica_tensor`), so one batched product serves every replica; the
-smoothed targets are then ``(R, n, C)``.
+Per replica: s, λ_H, λ_W, λ_b and the temperature τ are each a number (every replica's) or a tuple of R numbers, one
+per replica in replica order (:data:`PerReplica`; :mod:`ufm_torch.hyperparameters`). A tuple acts as a tensor of
+shape ``(R, 1, …)`` broadcast over each replica's rows (:func:`replica_tensor`), so one batched product serves every
+replica; the smoothed targets are then ``(R, n, C)``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class Objective:
     arguments are None for a bias-free model (b ≡ 0). ``temperature`` τ > 0 (None: 1) divides the logits before
     the cross-entropy, ``D(Z/τ)`` (the spherical UFM of Jiang et al. 2024, "Generalized neural collapse for a large
     number of classes", ICML, logits ``⟨w_k, h_i⟩/τ``); the residual of :meth:`gradients` is then
-    ``∂D/∂Z = (1/τ)·D'(Z/τ)``.
+    ``∂D/∂Z = (1/τ)·D'(Z/τ)``. τ too is a number or a tuple of one value per replica (``module.temperature`` as a
+    list); a tuple scales each replica's logits ``(R, n, C)`` by its own 1/τ.
     """
 
     loss: str = "sum_squared"
@@ -105,13 +106,13 @@ class Objective:
     feature_decay: PerReplica = 0.0
     classifier_decay: PerReplica = 0.0
     bias_decay: PerReplica = 0.0
-    temperature: float | None = None
+    temperature: PerReplica | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"module.loss={self.loss!r} is not one of {sorted(LOSSES)}")
         if self.temperature is not None:
-            if not (math.isfinite(self.temperature) and self.temperature > 0):
+            if not all(math.isfinite(value) and value > 0 for value in replica_values(self.temperature)):
                 raise ValueError(f"module.temperature={self.temperature} must be null or a finite number > 0")
             if self.data_loss.link is not Link.SOFTMAX:
                 raise ValueError(f"module.temperature applies to module.loss=cross_entropy only, not to {self.loss}")
@@ -147,22 +148,33 @@ class Objective:
         return one_hot_targets(labels, num_classes, dtype) * (1.0 - smoothing) + smoothing / num_classes
 
     @property
-    def inverse_temperature(self) -> float:
-        """1/τ, 1 without a temperature."""
-        return 1.0 if self.temperature is None else 1.0 / self.temperature
+    def inverse_temperature(self) -> PerReplica:
+        """1/τ: a number (1 without a temperature), or a tuple of one per replica when τ differs between them."""
+        if self.temperature is None:
+            return 1.0
+        if isinstance(self.temperature, float | int):
+            return 1.0 / self.temperature
+        return tuple(1.0 / value for value in self.temperature)
+
+    def inverse_temperature_of(self, logits: Tensor) -> float | Tensor:
+        """1/τ to multiply ``logits`` ``(R, n, C)`` with: a number when every replica shares τ, else a tensor
+        ``(R, 1, 1)`` of ``logits``' dtype and device (:func:`replica_tensor`)."""
+        return replica_tensor(self.inverse_temperature, logits, trailing=2)
 
     def data_term(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """``D(Z/τ)`` per replica from the logits Z ``(..., n, C)`` (τ = 1 without a temperature)."""
+        """``D(Z/τ)`` per replica from the logits Z ``(..., n, C)`` (τ = 1 without a temperature; ``(R, n, C)``
+        when τ differs between replicas)."""
         if self.temperature is not None:
-            logits = logits * self.inverse_temperature
+            logits = logits * self.inverse_temperature_of(logits)
         return self.data_loss.value(logits, labels, replica_tensor(self.label_smoothing, logits))
 
     def logit_residual(self, logits: Tensor, targets: Tensor) -> Tensor:
         """``R = ∂D(Z/τ)/∂Z = (1/τ)·c(σ(Z/τ) − Y)``, shape ``(..., n, C)`` (module docstring; τ = 1 without a
-        temperature)."""
+        temperature; ``(R, n, C)`` when τ differs between replicas)."""
         if self.temperature is None:
             return self.data_loss.residual(logits, targets)
-        return self.data_loss.residual(logits * self.inverse_temperature, targets).mul_(self.inverse_temperature)
+        scale = self.inverse_temperature_of(logits)
+        return self.data_loss.residual(logits * scale, targets).mul_(scale)
 
     def penalty(self, features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``λ_W/2‖W‖²_F + λ_H/2‖H‖²_F + λ_b/2‖b‖²`` per replica (only the terms of some non-zero decay are

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from ufm_torch.models import ClosedFormNetwork
 from ufm_torch.objectives.losses import Link
+from ufm_torch.objectives.sample_chunks import chunked_data_gradients, fits_one_chunk
 from ufm_torch.objectives.ufm import PAPER_OBJECTIVE, Objective, PerReplica, replica_tensor
 from ufm_torch.training.lightning_steps import count_fused_steps
 from ufm_torch.training.replica_sgd import ReplicaSGD
@@ -134,9 +135,10 @@ def closed_form_steps(
     logits: Tensor | None = None,
     through_optimizer: bool = False,
     objective: Objective = PAPER_OBJECTIVE,
-) -> Tensor:
+) -> Tensor | None:
     """Take ``steps ≥ 1`` full-batch steps on ``objective``; return the logits ``Wh_i + b`` of the state they
-    leave, ``(R, n, C)``.
+    leave, ``(R, n, C)``, or None for a spherical UFM whose logits exceed one chunk of
+    :mod:`ufm_torch.objectives.sample_chunks` (:func:`spherical_steps`).
 
     That state is the one the callbacks see at the block's last step (the divergence guard checks its loss, the
     collapse monitor reuses the logits). ``row_labels[i]`` is the label of row ``i`` of the features F.
@@ -145,10 +147,10 @@ def closed_form_steps(
     (``global_step``) exactly as a ``LightningOptimizer.step`` would count it. ``through_optimizer`` sends plain
     descent through ``optimizer.step()`` as well (for hooks that must see every optimiser step).
     """
+    if network.normalize:
+        return spherical_steps(network, row_labels, optimizer, steps, through_optimizer, objective)
     features = network.closed_form_features()
     targets = objective.targets(row_labels, network.num_classes, features.dtype)
-    if network.normalize:
-        return spherical_steps(network, targets, optimizer, steps, through_optimizer, objective)
     step_size = None if through_optimizer else plain_gradient_descent_rate(optimizer.optimizer)
     if step_size is None:
         logits = network.head(features) if logits is None else logits
@@ -163,42 +165,41 @@ def closed_form_steps(
 
 
 def spherical_steps(
-    network: ClosedFormNetwork, targets: Tensor, optimizer: LightningOptimizer, steps: int, through_optimizer: bool,
+    network: ClosedFormNetwork, row_labels: Tensor, optimizer: LightningOptimizer, steps: int, through_optimizer: bool,
     objective: Objective,
-) -> Tensor:
+) -> Tensor | None:
     """``steps`` Riemannian steps of plain descent on the spherical UFM (``network.normalize``): in place
     (:func:`spherical_descent`), or through ``optimizer.step()`` with the Riemannian gradient in ``.grad`` and the
     retraction after each step when a hook must see every step. Plain SGD only (the config checks refuse any other
-    optimiser: momentum would need a vector transport). Returns the final logits."""
+    optimiser: momentum would need a vector transport). Returns the final logits when they fit one chunk of
+    :mod:`ufm_torch.objectives.sample_chunks`, else None (the caller measures the state chunk by chunk)."""
     step_size = plain_gradient_descent_rate(optimizer.optimizer)
     if step_size is None:
         raise ValueError("model.normalize=true trains with plain SGD only (no momentum, no weight decay)")
-    if not through_optimizer:
-        logits = spherical_descent(network, targets, steps, step_size, objective)
-        count_fused_steps(optimizer, steps)
-        return logits
     features, weight = network.closed_form_features(), network.head.weight
-    for _ in range(steps):
-        features.grad, weight.grad = riemannian_gradients(features, weight, targets, objective)
-        optimizer.step()
-        retract_rows(features)
-        retract_rows(weight)
-    return torch.bmm(features, weight.transpose(-1, -2))
+    if not through_optimizer:
+        spherical_descent(network, row_labels, steps, step_size, objective)
+        count_fused_steps(optimizer, steps)
+    else:
+        for _ in range(steps):
+            features.grad, weight.grad = riemannian_gradients(features, weight, row_labels, objective)
+            optimizer.step()
+            retract_rows(features)
+            retract_rows(weight)
+    return torch.bmm(features, weight.transpose(-1, -2)) if fits_one_chunk(features, weight) else None
 
 
 def riemannian_gradients(
-    features: Tensor, weight: Tensor, targets: Tensor, objective: Objective
+    features: Tensor, weight: Tensor, row_labels: Tensor, objective: Objective
 ) -> tuple[Tensor, Tensor]:
     """The Riemannian gradient of f on the product of unit spheres (Absil, Mahony and Sepulchre 2008, eq. 3.37;
     Yaras et al. 2022, "Neural collapse with normalized features: a geometric analysis over the Riemannian
-    manifold"): the Euclidean ``∇_F = RW``, ``∇_W = RᵀF`` with ``R = ∂D(Z/τ)/∂Z``, ``Z = FWᵀ``
-    (:meth:`~ufm_torch.objectives.ufm.Objective.logit_residual`), each row projected onto its tangent space,
-    ``g − ⟨g, x⟩x``. The decays are constant on the sphere (``λ/2‖x‖² = λ/2`` per row): their gradient λx projects
-    to zero and is left out."""
-    residual = objective.logit_residual(torch.bmm(features, weight.transpose(-1, -2)), targets)
-    grad_features = tangent_projection(torch.bmm(residual, weight), features)
-    grad_weight = tangent_projection(torch.bmm(residual.transpose(-1, -2), features), weight)
-    return grad_features, grad_weight
+    manifold"): the Euclidean ``∇_F = RW``, ``∇_W = RᵀF`` with ``R = ∂D(Z/τ)/∂Z``, ``Z = FWᵀ``, computed over
+    chunks of samples (:func:`~ufm_torch.objectives.sample_chunks.chunked_data_gradients`: the ``(R, n, C)``
+    logits are never held whole), each row projected onto its tangent space, ``g − ⟨g, x⟩x``. The decays are
+    constant on the sphere (``λ/2‖x‖² = λ/2`` per row): their gradient λx projects to zero and is left out."""
+    grad_features, grad_weight = chunked_data_gradients(features, weight, row_labels, objective)
+    return tangent_projection(grad_features, features), tangent_projection(grad_weight, weight)
 
 
 def tangent_projection(gradient: Tensor, point: Tensor) -> Tensor:
@@ -213,22 +214,21 @@ def retract_rows(point: Tensor) -> Tensor:
 
 
 def spherical_descent(
-    network: ClosedFormNetwork, targets: Tensor, steps: int, step_size: PerReplica, objective: Objective
-) -> Tensor:
+    network: ClosedFormNetwork, row_labels: Tensor, steps: int, step_size: PerReplica, objective: Objective
+) -> None:
     """Riemannian gradient descent on the product of spheres, batched over replicas: per step both
     :func:`riemannian_gradients` g at the present state, then ``x ← (x − ηg)/‖x − ηg‖`` for every row of F and of
-    W (η a number or one per replica). Returns the final logits ``FWᵀ`` (without the 1/τ)."""
+    W (η a number or one per replica), in place."""
     features, weight = network.closed_form_features(), network.head.weight
     rate = replica_tensor(step_size, features, trailing=2)
     for _ in range(steps):
-        grad_features, grad_weight = riemannian_gradients(features, weight, targets, objective)
+        grad_features, grad_weight = riemannian_gradients(features, weight, row_labels, objective)
         for point, gradient in ((features, grad_features), (weight, grad_weight)):
             if isinstance(rate, float):
                 point.add_(gradient, alpha=-rate)
             else:
                 point.sub_(gradient.mul_(rate))
             retract_rows(point)
-    return torch.bmm(features, weight.transpose(-1, -2))
 
 
 def softmax_residual(logits: Tensor, targets: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from ufm_torch.hyperparameters import per_replica_value
 from ufm_torch.metrics.tags import LOSS_TAG, TRAIN_ACCURACY_TAG
 from ufm_torch.models import Network, default_loss_name, has_free_layers, has_fused_steps
 from ufm_torch.objectives.deep_ufm import DeepObjective
+from ufm_torch.objectives.sample_chunks import chunked_data_term, fits_one_chunk
 from ufm_torch.objectives.ufm import Objective, PerReplica
 from ufm_torch.training.deep_steps import free_layer_steps
 from ufm_torch.training.fused_descent import closed_form_steps
@@ -87,15 +88,17 @@ class CollapseModule(L.LightningModule):
         bias_decay: float | Sequence[float] = 0.0,
         scheduler: SchedulerFactory | None = None,
         hidden_decay: float | None = None,
-        temperature: float | None = None,
+        temperature: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         loss = loss or default_loss_name(network)
         settings = [identity.hyperparameters for identity in network.replica_identities()]
         given = {"label_smoothing": label_smoothing, "feature_decay": feature_decay,
                  "classifier_decay": classifier_decay, "bias_decay": bias_decay}  # fmt: skip
+        if temperature is not None:
+            given["temperature"] = temperature
         values = {name: per_replica_value(value, f"module.{name}", settings) for name, value in given.items()}
-        self.objective = Objective(loss, **values, temperature=temperature)
+        self.objective = Objective(loss, **values)
         self.deep_objective = DeepObjective(self.objective, hidden_decay)
         self.network = network
         self.optimizer_factory = per_replica_optimizer(optimizer, settings)
@@ -157,6 +160,8 @@ class CollapseModule(L.LightningModule):
                     self.network, row_labels, optimizer, steps, logits=self.current_logits(),
                     through_optimizer=through_optimizer, objective=self.objective,
                 )
+                if logits is None:
+                    return self._chunked_step_output(features, row_labels)
                 self.block_logits = (self._state_stamp(), logits)
             return self._step_output(self.objective_value(logits, row_labels, features), logits, row_labels)
         optimizer.zero_grad()
@@ -200,6 +205,27 @@ class CollapseModule(L.LightningModule):
         accuracy = (logits.detach().argmax(dim=-1) == labels).to(logits.dtype).mean()
         mean_loss = loss_per_replica.detach().mean()
         return {"loss": loss_per_replica.sum(), LOSS_TAG: mean_loss, TRAIN_ACCURACY_TAG: accuracy}
+
+    def objective_without_logits(self) -> tuple[Tensor, Tensor] | None:
+        """f and the training accuracy per replica, ``((R,), (R,))``, of a UFM on the full batch whose logits exceed
+        one chunk of :mod:`ufm_torch.objectives.sample_chunks` (the spherical UFM at many classes), computed over
+        chunks of samples without holding the logits; None for every other network (the caller takes the logits)."""
+        if self.trains_free_layers or not has_fused_steps(self.network):
+            return None
+        features, head = self.network.closed_form_features(), self.network.head
+        if fits_one_chunk(features, head.weight):
+            return None
+        labels = self.trainer.datamodule.labels.to(features.device)
+        term = chunked_data_term(features, head.weight, labels, self.objective)
+        penalty = self.objective.penalty(features, head.weight, head.bias if head.has_bias else None)
+        return term.value + penalty, term.accuracy
+
+    def _chunked_step_output(self, features: Tensor, row_labels: Tensor) -> StepOutput:
+        """:meth:`_step_output` of a state whose logits are too many to hold (the spherical UFM past
+        :data:`~ufm_torch.objectives.sample_chunks.CHUNK_ENTRIES`), from the data term and the accuracy computed over
+        chunks of samples (the spherical UFM has no penalty)."""
+        term = chunked_data_term(features, self.network.head.weight, row_labels, self.objective)
+        return {"loss": term.value.sum(), LOSS_TAG: term.value.mean(), TRAIN_ACCURACY_TAG: term.accuracy.mean()}
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """The configured optimiser over all parameters of the network, with its scheduler (stepped every step) if
