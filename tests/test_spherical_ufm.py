@@ -4,6 +4,7 @@ configs are refused in one line."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ def test_a_spherical_run_trains_through_the_cli_path(tmp_path: Path) -> None:
         (("model.normalize=true", "model.bias=true"), "model.bias=false"),
         (("model.normalize=true", "model.bias=false", "module.bias_decay=0.1"), "module.bias_decay=0.1"),
         (("model.normalize=true", "model.bias=false", "module.feature_decay=0.1"), "module.feature_decay=0.1"),
-        (("model.normalize=true", "model.bias=false", "optimizer=momentum"), "plain gradient descent"),
+        (("model.normalize=true", "model.bias=false", "optimizer=adam"), "plain or with momentum"),
+        (("model.normalize=true", "model.bias=false", "optimizer.weight_decay=0.1"), "weight_decay=0.1"),
         (("model.normalize=true", "model.bias=false", "data.batch_size=3"), "data.batch_size=null"),
         ((*SPHERE[:3], "module.temperature=0"), "module.temperature"),
         ((*SPHERE[:3], "module.temperature=-1"), "module.temperature"),
@@ -140,3 +142,39 @@ def test_a_run_in_chunks_of_samples_records_what_a_run_with_whole_logits_records
         assert measured.keys() == expected.keys()
         for key in ("train/loss", "train/accuracy", "collapse/max_cosine", "collapse/gnc1", "collapse/nc1"):
             assert measured[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_riemannian_heavy_ball_matches_autograd_with_transported_momentum(nesterov: bool, tmp_path: Path) -> None:
+    """``optimizer=momentum`` on the spherical UFM: 200 steps through the optimiser equal a hand-written Riemannian
+    heavy ball (buffer projected onto the new tangent space, ``b ← μb + g``, ``x ← (x − ηb)/‖x − ηb‖``) on autograd's
+    gradients."""
+    from tests.test_fused_descent import fused_trajectory
+
+    network = spherical_ufm(5, 3, replicas=2, seed=6)
+    objective = Objective("cross_entropy", temperature=0.5)
+    labels = torch.arange(5).repeat_interleave(2)
+    momentum, rate = 0.8, 0.3
+    points = [network.features.detach().clone(), network.head.weight.detach().clone()]
+    buffers: list[torch.Tensor | None] = [None, None]
+    for _ in range(200):
+        leaves = [point.clone().requires_grad_(True) for point in points]
+        objective.value(leaves[0], leaves[1], None, labels).sum().backward()
+        for index, (point, leaf) in enumerate(zip(points, leaves, strict=True)):
+            gradient = leaf.grad - (leaf.grad * point).sum(-1, keepdim=True) * point
+            buffer = buffers[index]
+            if buffer is None:
+                buffer = gradient.clone()
+            else:
+                buffer = buffer - (buffer * point).sum(-1, keepdim=True) * point
+                buffer = momentum * buffer + gradient
+            buffers[index] = buffer
+            direction = gradient + momentum * buffer if nesterov else buffer
+            moved = point - rate * direction
+            points[index] = moved / moved.norm(dim=-1, keepdim=True)
+    fused_trajectory(
+        network, partial(torch.optim.SGD, lr=rate, momentum=momentum, nesterov=nesterov), steps=200,
+        tmp_path=tmp_path, loss="cross_entropy", temperature=0.5,
+    )
+    torch.testing.assert_close(network.features.detach(), points[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(network.head.weight.detach(), points[1], rtol=0, atol=1e-10)

@@ -175,7 +175,8 @@ def check_label_smoothing(cfg: DictConfig) -> None:
 
 def check_spherical(cfg: DictConfig) -> None:
     """``model.normalize`` (the spherical UFM) has no bias and no decay (``λ/2‖x‖²`` is constant on the sphere, and
-    the regularised UFM's oracle would not apply) and trains by full-batch Riemannian plain descent;
+    the regularised UFM's oracle would not apply) and trains by full-batch Riemannian descent, plain or heavy ball
+    (SGD with momentum; Adam's coordinate-wise scaling has no counterpart on the product of spheres here);
     ``module.temperature`` (a number, or a list of one τ per replica group; each > 0, the schema's check) belongs
     to it and to the cross-entropy."""
     temperature = _plain(OmegaConf.select(cfg, "module.temperature", default=None))
@@ -205,12 +206,11 @@ def check_spherical(cfg: DictConfig) -> None:
                 f"module.{name}={decay} is a constant on the unit sphere (model.normalize=true); set it to 0"
             )
     optimizer = str(OmegaConf.select(cfg, "optimizer._target_", default=""))
-    momentum = OmegaConf.select(cfg, "optimizer.momentum", default=0.0) or 0.0
     weight_decay = OmegaConf.select(cfg, "optimizer.weight_decay", default=0.0) or 0.0
-    if optimizer != "torch.optim.SGD" or momentum or weight_decay:
+    if optimizer != "torch.optim.SGD" or weight_decay:
         raise ConfigError(
-            f"model.normalize=true trains by Riemannian plain gradient descent only (now {optimizer}, momentum="
-            f"{momentum}, weight_decay={weight_decay}); use optimizer=sgd with momentum=0 and weight_decay=0"
+            f"model.normalize=true trains by Riemannian gradient descent, plain or with momentum (now {optimizer}, "
+            f"weight_decay={weight_decay}); use optimizer=sgd or optimizer=momentum with weight_decay=0"
         )
     if OmegaConf.select(cfg, "data.batch_size", default=None) is not None:
         raise ConfigError("model.normalize=true trains on the full batch; set data.batch_size=null")

@@ -13,7 +13,6 @@ the level of rounding: NC1 and NC2–NC3), a class mean at ``μ_G`` (the cosines
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -48,25 +47,18 @@ SPREAD_TOLERANCE = 1e-12
 """Class means closer to ``μ_G`` than this, relative to the largest ``‖μ_c‖``, count as coinciding."""
 
 
-def orthonormal_complement_of_ones(num_classes: int, like: Tensor) -> Tensor:
-    """Helmert basis ``Q`` ``(C, C−1)`` of ``1^⊥`` (``QᵀQ = I``, ``Qᵀ1 = 0``) in the dtype and on the device of
-    ``like``.
+def helmert_coordinates(rows: Tensor) -> Tensor:
+    """``Qᵀx`` ``(..., C−1, p)`` for rows ``x`` ``(..., C, p)``, ``Q`` ``(C, C−1)`` the Helmert basis of ``1^⊥``
+    (``QᵀQ = I``, ``Qᵀ1 = 0``), in ``O(Cp)`` without forming ``Q``.
 
-    Column ``k`` is ``(1, …, 1, −k, 0, …, 0)/√(k(k+1))`` with ``k`` ones. It depends on C alone, so it is built once
-    per (C, dtype, device) and shared (read-only): a UFM evaluation at the paper's size is bound by the count of small
-    operations, 13 of which built it every time.
+    Column ``k = 1, …, C−1`` of ``Q`` is ``(1, …, 1, −k, 0, …, 0)/√(k(k+1))`` with ``k`` ones, so
+    ``(Qᵀx)_k = (Σ_{i<k} x_i − k·x_k)/√(k(k+1))`` (rows indexed from 0): a cumulative sum of the rows. ``Q`` itself is
+    ``C × (C−1)``, 763 MiB of float64 at ``C = 10 000``.
     """
-    return helmert_basis(num_classes, like.dtype, like.device)
-
-
-@functools.lru_cache(maxsize=32)
-def helmert_basis(num_classes: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """:func:`orthonormal_complement_of_ones`, cached (never modify the result in place)."""
-    with torch.inference_mode(False), torch.no_grad():
-        rows = torch.arange(num_classes, dtype=dtype, device=device)[:, None]
-        k = torch.arange(1, num_classes, dtype=dtype, device=device)[None, :]
-        entries = torch.where(rows < k, 1.0, torch.where(rows == k, -k, 0.0))
-        return entries / torch.sqrt(k * (k + 1))
+    num_classes = rows.shape[-2]
+    k = torch.arange(1, num_classes, dtype=rows.dtype, device=rows.device)[:, None]
+    prefix = rows[..., :-1, :].cumsum(dim=-2)  # Σ_{i<k} x_i for k = 1, …, C−1
+    return (prefix - k * rows[..., 1:, :]) / torch.sqrt(k * (k + 1))
 
 
 class MeanGeometry(NamedTuple):
@@ -103,15 +95,14 @@ def geometry_of_means(means: Tensor, finite: Tensor | bool = True) -> MeanGeomet
     """:class:`MeanGeometry` of class means ``(..., C, p)`` (in units where squaring is safe, e.g. of the feature
     scale); replicas whose means are not finite (or where ``finite`` is false) get zero means.
 
-    The SVD is of ``QᵀM̄ᵀ`` (``(C−1) × p``, ``Q`` the Helmert basis of ``1^⊥``), which has the same ``u_k, s_k`` as
-    ``M̄`` because ``M̄1 = 0``, without the rounding-level singular value of the centring; singular values below
-    ``max(C−1, p)·ε·s_max`` are not kept.
+    The SVD is of ``QᵀM̄ᵀ`` (``(C−1) × p``, ``Q`` the Helmert basis of ``1^⊥``, by :func:`helmert_coordinates`
+    without forming ``Q``), which has the same ``u_k, s_k`` as ``M̄`` because ``M̄1 = 0``, without the rounding-level
+    singular value of the centring; singular values below ``max(C−1, p)·ε·s_max`` are not kept.
     """
     finite = means.isfinite().all(dim=-1).all(dim=-1) & finite
     means = torch.where(finite[..., None, None], means, 0.0)
     centred = means - means.mean(dim=-2, keepdim=True)
-    basis = orthonormal_complement_of_ones(means.shape[-2], centred)
-    spanned = basis.transpose(0, 1) @ centred
+    spanned = helmert_coordinates(centred)
     _, singular_values, directions = torch.linalg.svd(spanned, full_matrices=False)
     tolerance = max(spanned.shape[-2:]) * torch.finfo(spanned.dtype).eps
     kept = singular_values > tolerance * singular_values[..., :1]

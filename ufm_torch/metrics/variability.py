@@ -13,7 +13,10 @@ Beside NC1–NC4 (Papyan, Han & Donoho 2020; :mod:`ufm_torch.metrics.neural_coll
 
 ``μ_G`` is the mean of the class means (unweighted), as in NC1–NC4. Pairwise distances are taken between the
 coordinates of the centred means in the orthonormal frame of their span (``MeanGeometry.coordinates``, at most
-``C − 1`` numbers per class), in row chunks of :data:`PAIR_CHUNK` numbers, never as a ``C × C × p`` tensor.
+``d = min(C − 1, p)`` numbers per class). Small problems (``P·d ≤`` :data:`GRAM_PAIR_THRESHOLD` numbers,
+``P = C(C−1)/2`` pairs) take exact differences ``x_i − x_j`` (:func:`pair_distances`); larger ones reduce tiles of
+the Gram matrix, ``‖x_i − x_j‖² = ‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩`` (:func:`tiled_pair_statistics`), holding neither a
+``(P,)`` vector nor a ``C × C`` matrix.
 
 Entry points: :func:`layer_metrics` (whole tensors), :func:`layer_metrics_with_statistics` (whole-tensor
 :class:`ClassStatistics`: NC1's projections and NC4's decisions from one pass over the features),
@@ -26,9 +29,13 @@ direction from ``μ_G`` (GNC2) and a zero row of ``W`` (UNC3).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
+from ufm_torch.metrics.hyperspherical import PAIR_TILE
 from ufm_torch.metrics.neural_collapse import (
     SPREAD_TOLERANCE,
     MeanGeometry,
@@ -70,6 +77,17 @@ CLASSIFIER_METRIC_NAMES = ("nc2_equinorm_classifier", "nc3", "unc3", "nc4", "ncc
 
 PAIR_CHUNK = 1 << 22
 """Numbers per chunk of pairwise differences (32 MiB of float64): one chunk up to C ≈ 200 classes."""
+
+GRAM_PAIR_THRESHOLD = PAIR_CHUNK
+"""The largest ``P·d`` (pairs × numbers per pair, replicas included: one chunk of :data:`PAIR_CHUNK`) whose pair
+statistics come from exact differences ``x_i − x_j``; above it they come from tiles of the Gram matrix
+(:func:`tiled_pair_statistics`), ``O(C²d/2)`` multiply-adds in one GEMM per tile instead of ``P·d`` subtractions
+with their memory traffic (minutes at ``C = 10 000``, ``p = 512``)."""
+
+NEAR_PAIR = 1e-6
+"""On the Gram path, a pair with ``‖x_i − x_j‖² < NEAR_PAIR·(‖x_i‖² + ‖x_j‖²)`` has its distance recomputed from the
+difference: the Gram form's absolute error is ``~ε(‖x_i‖² + ‖x_j‖²)``, so every other pair keeps a relative error in
+``‖x_i − x_j‖²`` below ``~ε/NEAR_PAIR ≈ 2e-10`` (far below it for spread means)."""
 
 
 def class_pairs(num_classes: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -113,21 +131,147 @@ def duality_variation(geometry: MeanGeometry, scaled_weight: Tensor) -> Tensor:
     return coefficient_of_variation(cosines)
 
 
+class PairStatistics(NamedTuple):
+    """What the field's metrics need of the pairs ``i < j`` of class means, float64 ``(...)``: ``cdnv``
+    (:func:`distance_normalized_variance`), ``gnc2`` (:func:`log_distance_variance`), ``closest``
+    ``min_{i<j} ‖x_i − x_j‖`` and ``closest_directions`` ``min_{i<j} ‖x̂_i − x̂_j‖`` (for :func:`mask_field_metrics`)."""
+
+    cdnv: Tensor
+    gnc2: Tensor
+    closest: Tensor
+    closest_directions: Tensor
+
+
+def exact_pair_statistics(points: Tensor, variances: Tensor) -> PairStatistics:
+    """:class:`PairStatistics` of the rows ``x_c`` of ``points`` ``(..., C, d)`` with ``σ_c²`` ``variances``
+    ``(..., C)`` (same units) from the differences ``x_i − x_j`` of every pair: ``(P,)`` vectors, for small ``P·d``."""
+    pairs = class_pairs(points.shape[-2], points.device)
+    distances = pair_distances(points, pairs)
+    unit_distances = pair_distances(unit_rows(points), pairs)
+    return PairStatistics(
+        distance_normalized_variance(distances, variances, pairs), log_distance_variance(unit_distances),
+        distances.amin(dim=-1), unit_distances.amin(dim=-1),
+    )  # fmt: skip
+
+
+def triangular_tiles(num_classes: int, numbers_per_entry: int) -> Iterator[tuple[int, int]]:
+    """Blocks ``[start, stop)`` of rows ``i ≤ C − 2`` for tiles of the pairs ``i < j`` (rows ``i`` of the block,
+    columns ``j ≥ start``, so every row of a tile has a pair): at most :data:`PAIR_TILE` numbers
+    (``numbers_per_entry`` per entry, the replicas) each, at least one row; the tiles grow as fewer columns remain."""
+    start = 0
+    while start < num_classes - 1:
+        rows = max(1, PAIR_TILE // max(1, (num_classes - start) * numbers_per_entry))
+        yield start, min(num_classes - 1, start + rows)
+        start += rows
+
+
+def exact_squares(points: Tensor, tile: Tensor, near: Tensor, start: int) -> None:
+    """Replace, in place, the entries of ``tile`` ``(B, b, C − start)`` (squared distances of rows ``start + r`` and
+    ``start + c`` of ``points`` ``(B, C, d)``) marked by ``near`` with ``‖x_i − x_j‖²`` from the differences
+    (:func:`pair_distances`, in chunks of :data:`PAIR_CHUNK` numbers)."""
+    batch, row, column = near.nonzero(as_tuple=True)
+    num_classes = points.shape[-2]
+    flat = points.reshape(-1, points.shape[-1])
+    first, second = batch * num_classes + start + row, batch * num_classes + start + column
+    tile[batch, row, column] = pair_distances(flat, (first, second)).square()
+
+
+def tiled_pair_statistics(points: Tensor, variances: Tensor) -> PairStatistics:
+    """:class:`PairStatistics` of the rows ``x_c`` of ``points`` ``(..., C, d)`` with ``σ_c²`` ``variances``
+    ``(..., C)`` over tiles of the Gram matrix: no ``(P,)`` vector, no ``C × C`` matrix.
+
+    For a block ``I`` of rows (:func:`triangular_tiles`, columns ``j ≥ min I``), one GEMM gives ``G_ij = ⟨x_i, x_j⟩``
+    and from it
+
+    - ``d_ij² = max(0, ‖x_i‖² + ‖x_j‖² − 2G_ij)``;
+    - for the unit rows ``x̂_c = x_c/‖x_c‖`` (zero rows stay zero, :func:`unit_rows`),
+      ``d̂_ij² = max(0, ‖x̂_i‖² + ‖x̂_j‖² − 2G_ij/(‖x_i‖‖x_j‖))`` from the same ``G`` (a zero norm divides as 1);
+
+    pairs ``i < j`` with ``d² < NEAR_PAIR·(‖x_i‖² + ‖x_j‖²)`` of either kind (:data:`NEAR_PAIR`: nearly coinciding
+    means, where the Gram form loses its digits) take both ``d²`` from the differences instead
+    (:func:`exact_squares`). Then, over the pairs ``i < j`` of the tile:
+
+    - CDNV (Galanti, György & Hutter 2022): the sum of ``(σ_i² + σ_j²)/(2d_ij²)``, added over tiles and divided by
+      ``P = C(C−1)/2``;
+    - GNC2 (Liu et al. 2023): ``Var_{i<j} log(1/d̂_ij) = Var_{i<j} log d̂_ij = ¼ Var_{i<j} log d̂_ij²`` (population
+      variance). Each tile gives the count ``n_t``, mean ``m_t`` and centred sum of squares
+      ``M_t = Σ (log d̂² − m_t)²`` of its ``log d̂_ij²``; they merge with the running ``(n, m, M)`` by the parallel
+      formula of Chan, Golub & LeVeque (1979): ``δ = m_t − m``, ``m ← m + δ n_t/(n + n_t)``,
+      ``M ← M + M_t + δ² n n_t/(n + n_t)``, ``n ← n + n_t`` (no ``E[x²] − E[x]²`` cancellation); the variance is
+      ``M/P`` once ``n = P``;
+    - the smallest ``d²`` and ``d̂²``, whose square roots are ``closest`` and ``closest_directions``.
+
+    Cost: ``C²d/2`` multiply-adds in GEMMs, tiles of at most :data:`PAIR_TILE` numbers (32 MiB of float64) and a few
+    temporaries of that size.
+    """
+    num_classes, width = points.shape[-2:]
+    batch_shape = torch.broadcast_shapes(points.shape[:-2], variances.shape[:-1])
+    flat = points.expand(*batch_shape, num_classes, width).reshape(-1, num_classes, width)
+    variances = variances.expand(*batch_shape, num_classes).reshape(-1, num_classes)
+    unit_flat = unit_rows(flat)
+    squares, unit_squares = flat.square().sum(dim=-1), unit_flat.square().sum(dim=-1)
+    inverse_norms = divisor(flat.norm(dim=-1)).reciprocal()
+    cdnv_sum, count = 0, 0
+    log_mean, log_moment = points.new_zeros(flat.shape[0]), points.new_zeros(flat.shape[0])
+    closest, closest_unit = (points.new_full((flat.shape[0],), torch.inf) for _ in range(2))
+    for start, stop in triangular_tiles(num_classes, flat.shape[0]):
+        rows, columns = slice(start, stop), slice(start, None)
+        gram = flat[:, rows] @ flat[:, columns].mT  # (B, b, w): rows start ≤ i < stop, columns j ≥ start
+        block, width = gram.shape[-2:]
+        invalid = torch.arange(width, device=gram.device) <= torch.arange(block, device=gram.device)[:, None]
+        unit = (gram * inverse_norms[:, rows, None]).mul_(inverse_norms[:, None, columns]).mul_(-2)
+        unit.add_(unit_squares[:, rows, None]).add_(unit_squares[:, None, columns]).clamp_(min=0)
+        distances = gram.mul_(-2).add_(squares[:, rows, None]).add_(squares[:, None, columns]).clamp_(min=0)
+        limit = torch.add(squares[:, rows, None], squares[:, None, columns]).mul_(NEAR_PAIR)
+        near = distances < limit
+        near |= unit < torch.add(unit_squares[:, rows, None], unit_squares[:, None, columns], out=limit).mul_(NEAR_PAIR)
+        near &= ~invalid
+        del limit
+        if bool(near.any()):
+            exact_squares(flat, distances, near, start)
+            exact_squares(unit_flat, unit, near, start)
+        del near
+        closest = torch.minimum(closest, distances.masked_fill_(invalid, torch.inf).amin(dim=(-2, -1)))
+        closest_unit = torch.minimum(closest_unit, unit.masked_fill_(invalid, torch.inf).amin(dim=(-2, -1)))
+        ratios = (variances[:, rows, None] + variances[:, None, columns]).div_(distances.mul_(2))
+        cdnv_sum = cdnv_sum + ratios.masked_fill_(invalid, 0).sum(dim=(-2, -1))
+        del ratios, distances
+        tile_count = block * width - block * (block + 1) // 2
+        logs = unit.log_().masked_fill_(invalid, 0)
+        tile_mean = logs.sum(dim=(-2, -1)) / tile_count
+        tile_moment = logs.sub_(tile_mean[:, None, None]).square_().masked_fill_(invalid, 0).sum(dim=(-2, -1))
+        delta, total = tile_mean - log_mean, count + tile_count
+        log_mean = log_mean + delta * (tile_count / total)
+        log_moment = log_moment + tile_moment + delta.square() * (count * tile_count / total)
+        count = total
+        del logs, unit, gram
+    return PairStatistics(*(
+        value.reshape(batch_shape) for value in (cdnv_sum / count, log_moment / (4 * count), closest.sqrt(),
+                                                 closest_unit.sqrt())
+    ))  # fmt: skip
+
+
+def pair_statistics(points: Tensor, variances: Tensor) -> PairStatistics:
+    """:class:`PairStatistics` of the rows of ``points`` ``(..., C, d)``: exact differences while ``P·d`` (replicas
+    included) is at most :data:`GRAM_PAIR_THRESHOLD`, Gram tiles above."""
+    num_classes = points.shape[-2]
+    numbers = num_classes * (num_classes - 1) // 2 * max(1, points[..., 0, :].numel())
+    if numbers <= GRAM_PAIR_THRESHOLD:
+        return exact_pair_statistics(points, variances)
+    return tiled_pair_statistics(points, variances)
+
+
 def field_values(
     geometry: MeanGeometry, scaled_variances: Tensor, scaled_weight: Tensor | None
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """``cdnv``, ``gnc2`` and (with ``W/t``) ``unc3``, not yet masked, with the smallest distance between two class
-    means and between two of their directions ``(...)`` (for :func:`mask_field_metrics`)."""
-    pairs = class_pairs(geometry.means.shape[-2], geometry.means.device)
-    distances = pair_distances(geometry.coordinates, pairs)
-    unit_distances = pair_distances(unit_rows(geometry.coordinates), pairs)
-    values = {
-        "cdnv": distance_normalized_variance(distances, scaled_variances, pairs),
-        "gnc2": log_distance_variance(unit_distances),
-    }
+    means and between two of their directions ``(...)`` (for :func:`mask_field_metrics`), the pair statistics from
+    :func:`pair_statistics` of the centred means' coordinates."""
+    pairs = pair_statistics(geometry.coordinates, scaled_variances)
+    values = {"cdnv": pairs.cdnv, "gnc2": pairs.gnc2}
     if scaled_weight is not None:
         values["unc3"] = duality_variation(geometry, scaled_weight)
-    return values, distances.amin(dim=-1), unit_distances.amin(dim=-1)
+    return values, pairs.closest, pairs.closest_directions
 
 
 def mask_field_metrics(

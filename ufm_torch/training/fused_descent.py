@@ -33,7 +33,10 @@ exactly the operations above.
 **The spherical UFM** (``network.normalize``: rows of F and W on the unit sphere, no bias) takes Riemannian plain
 descent instead (:func:`spherical_steps`): the same closed-form gradient with ``R = ∂D(Z/τ)/∂Z``, projected per row
 onto the sphere's tangent space and followed by the retraction ``x ← (x − ηg)/‖x − ηg‖`` (Yaras et al. 2022),
-batched over replicas; only plain SGD (the config checks refuse the other optimisers).
+batched over replicas; SGD with momentum goes through ``optimizer.step()`` with the heavy-ball buffer transported by
+projection (:func:`transport_momentum`), and the config checks refuse the other optimisers. Both gradients are
+computed over chunks of samples (:mod:`ufm_torch.objectives.sample_chunks`), so the ``(R, n, C)`` logits are never
+held when they exceed one chunk.
 
 Any other optimiser (and plain descent when a hook must run at every ``on_before_optimizer_step``) receives the
 closed-form gradients in ``.grad`` (the bias buffer of a bias-free head none) and takes its step through the public
@@ -170,23 +173,47 @@ def spherical_steps(
 ) -> Tensor | None:
     """``steps`` Riemannian steps of plain descent on the spherical UFM (``network.normalize``): in place
     (:func:`spherical_descent`), or through ``optimizer.step()`` with the Riemannian gradient in ``.grad`` and the
-    retraction after each step when a hook must see every step. Plain SGD only (the config checks refuse any other
-    optimiser: momentum would need a vector transport). Returns the final logits when they fit one chunk of
-    :mod:`ufm_torch.objectives.sample_chunks`, else None (the caller measures the state chunk by chunk)."""
+    retraction after each step when a hook must see every step. SGD with momentum takes the second form with the
+    heavy-ball buffer transported to each new tangent space (:func:`transport_momentum`); the config checks refuse
+    other optimisers. Returns the final logits when they fit one chunk of :mod:`ufm_torch.objectives.sample_chunks`,
+    else None (the caller measures the state chunk by chunk)."""
     step_size = plain_gradient_descent_rate(optimizer.optimizer)
-    if step_size is None:
-        raise ValueError("model.normalize=true trains with plain SGD only (no momentum, no weight decay)")
+    if not is_riemannian_sgd(optimizer.optimizer):
+        raise ValueError("model.normalize=true trains with SGD only (plain or with momentum, no weight decay)")
     features, weight = network.closed_form_features(), network.head.weight
-    if not through_optimizer:
+    if step_size is not None and not through_optimizer:
         spherical_descent(network, row_labels, steps, step_size, objective)
         count_fused_steps(optimizer, steps)
     else:
         for _ in range(steps):
+            transport_momentum(optimizer.optimizer, (features, weight))
             features.grad, weight.grad = riemannian_gradients(features, weight, row_labels, objective)
             optimizer.step()
             retract_rows(features)
             retract_rows(weight)
     return torch.bmm(features, weight.transpose(-1, -2)) if fits_one_chunk(features, weight) else None
+
+
+def is_riemannian_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` is SGD (``torch.optim.SGD`` or :class:`ReplicaSGD`, one group) without weight decay:
+    the optimisers the spherical UFM trains with (plain descent, or heavy ball with the buffer transported by
+    :func:`transport_momentum`)."""
+    if type(optimizer) not in (torch.optim.SGD, ReplicaSGD) or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    return group["weight_decay"] == 0 and not group["maximize"]
+
+
+def transport_momentum(optimizer: torch.optim.Optimizer, points: tuple[Tensor, ...]) -> None:
+    """Move each point's heavy-ball buffer b (``optimizer.state[x]["momentum_buffer"]``, a tangent vector at the
+    point before the last retraction) into the tangent space at the present point by projection, ``b ← b − ⟨b, x⟩x``
+    per row: the vector transport of a submanifold embedded in Euclidean space (Absil, Mahony and Sepulchre 2008,
+    Section 8.1.3; geoopt's ``RiemannianSGD``). The optimiser's own step then takes ``b ← μb + (1 − d)g`` with the
+    Riemannian gradient g, and ``x ← x − ηb`` (or Nesterov's ``x ← x − η(g + μb)``), before :func:`retract_rows`."""
+    for point in points:
+        buffer = optimizer.state.get(point, {}).get("momentum_buffer")
+        if buffer is not None:
+            tangent_projection(buffer, point)
 
 
 def riemannian_gradients(
