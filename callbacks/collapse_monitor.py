@@ -45,6 +45,8 @@ from ufm_torch.run_folder.names import measurement_run_name, replica_run_names
 from ufm_torch.run_folder.tensorboard import (
     add_image,
     add_scalar_rows,
+    binned_gram,
+    binned_simplex_etf_gram,
     gram_comparison_image,
     open_replica_writers,
     write_hparams,
@@ -400,15 +402,16 @@ class CollapseMonitor(L.Callback):
 
     def _add_gram_images(self, records: list[dict], step: int) -> None:
         """M̃ᵀM̃ (from the class means of this evaluation) next to the simplex ETF, in the run of the first copy of
-        each replica group (ε and hyperparameters), at most :data:`GRAM_IMAGE_GROUPS` groups spread over them."""
+        each replica group (ε and hyperparameters), at most :data:`GRAM_IMAGE_GROUPS` groups spread over them; past
+        ``GRAM_IMAGE_PIXELS`` classes both averaged over blocks of classes (``binned_gram``: no C × C matrix)."""
         first_copies = [r for r, record in enumerate(records) if record["copy"] == 0]
         if len(first_copies) > GRAM_IMAGE_GROUPS:
             picks = torch.linspace(0, len(first_copies) - 1, GRAM_IMAGE_GROUPS).round().long().tolist()
             first_copies = [first_copies[pick] for pick in picks]
-        directions = centred_mean_directions(self.class_means[first_copies])
-        grams = directions @ directions.transpose(-1, -2)
-        for replica, gram in zip(first_copies, grams.cpu().numpy(), strict=True):
-            image = gram_comparison_image(gram)
+        directions = centred_mean_directions(self.class_means[first_copies]).cpu().numpy()
+        reference = binned_simplex_etf_gram(directions.shape[-2])
+        for replica, rows in zip(first_copies, directions, strict=True):
+            image = gram_comparison_image(binned_gram(rows), reference=reference)
             add_image(self.writers[replica], GRAM_IMAGE_TAG, image, step)
 
     def _write_hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

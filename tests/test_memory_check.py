@@ -53,3 +53,18 @@ def test_ufm_train_refuses_it_with_exit_2_and_leaves_no_folder(tmp_path: Path) -
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("ufm-train: error: this run needs about 720 GB") and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_spherical_ufm_counts_one_chunk_of_logits_not_all_of_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At C = 10 000, N = 10, p = 512 the logits would take 8 GB; the spherical UFM's steps hold one chunk of
+    ``CHUNK_ENTRIES`` (``objectives/sample_chunks.py``), so the run is not refused on 6 GB while the same size with
+    unnormalised features is."""
+    from ufm_torch.objectives.sample_chunks import CHUNK_ENTRIES
+
+    estimate = estimate_ufm_memory(100_000, 10_000, 512, 1, cross_entropy=True, logit_chunk=CHUNK_ENTRIES)
+    assert estimate.training_step == CHUNK_ENTRIES * 8
+    size = ("data.num_classes=10000", "data.samples_per_class=10", "model.feature_dim=512", "module.loss=cross_entropy")
+    monkeypatch.setattr(memory, "available_memory", lambda cfg: 6 * 10**9)
+    validate_config(compose_train(*size, "model.normalize=true", "model.bias=false", "module.temperature=0.1"))
+    with pytest.raises(ConfigError, match="training step 24"):
+        validate_config(compose_train(*size))

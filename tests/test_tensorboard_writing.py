@@ -472,3 +472,24 @@ def test_report_run_replaces_its_text_and_images_when_rewritten(tmp_path: Path) 
     write_figure_images(tmp_path / "figures", {"report/collapse": png}, 9, {"report/overview": "| a |\n|---|\n| 1 |"})
     assert texts_of(tmp_path / "figures") == [(9, "| a |\n|---|\n| 1 |")]
     assert [event.step for event in reload(tmp_path / "figures").Images("report/collapse")] == [9]
+
+
+@pytest.mark.parametrize("num_classes", [5, 256, 1001])
+def test_binned_gram_averages_the_gram_matrix_over_blocks_of_classes(num_classes: int) -> None:
+    """``binned_gram`` is M̃ᵀM̃ averaged over the blocks of ``class_bins`` (M̃ᵀM̃ itself up to 256 classes), and the
+    binned simplex ETF is ``binned_gram`` of the simplex's own directions."""
+    from ufm_torch.run_folder.tensorboard import binned_gram, binned_simplex_etf_gram, class_bins
+
+    rows = np.random.default_rng(num_classes).normal(size=(num_classes, 7))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    bins = class_bins(num_classes)
+    count = bins.max() + 1
+    assert count == min(num_classes, GRAM_IMAGE_PIXELS) and np.ptp(np.bincount(bins)) <= 1
+    full = rows @ rows.T
+    averaged = np.array([[full[np.ix_(bins == i, bins == j)].mean() for j in range(count)] for i in range(count)])
+    np.testing.assert_allclose(binned_gram(rows), averaged, rtol=0, atol=1e-13)
+    centred = np.eye(num_classes) - 1.0 / num_classes
+    simplex = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    np.testing.assert_allclose(binned_gram(simplex), binned_simplex_etf_gram(num_classes), rtol=0, atol=1e-12)
+    if num_classes <= GRAM_IMAGE_PIXELS:
+        np.testing.assert_allclose(binned_simplex_etf_gram(num_classes), simplex_etf_gram(num_classes), atol=1e-15)

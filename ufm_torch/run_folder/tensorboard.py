@@ -488,15 +488,45 @@ def coolwarm() -> Colormap:
     return colormaps["coolwarm"]
 
 
-def gram_comparison_image(gram: np.ndarray, cell_pixels: int | None = None) -> np.ndarray:
-    """HWC uint8 image: ``gram`` (M̃ᵀM̃) and the simplex ETF side by side, colours on [−1, 1] (coolwarm).
+def class_bins(num_classes: int, bins: int = GRAM_IMAGE_PIXELS) -> np.ndarray:
+    """The bin of each class, ``(C,)``: ``min(C, bins)`` contiguous groups of classes of sizes differing by at most
+    one (class k in bin ``⌊k·B/C⌋``)."""
+    count = min(num_classes, bins)
+    return np.arange(num_classes) * count // num_classes
 
-    ``cell_pixels`` per matrix entry; by default ``min(16, max(1, GRAM_IMAGE_PIXELS // C))``.
+
+def binned_gram(directions: np.ndarray, bins: int = GRAM_IMAGE_PIXELS) -> np.ndarray:
+    """``ḠIJ = mean_{i∈I, j∈J} ⟨u_i, u_j⟩ = ⟨ū_I, ū_J⟩`` for the unit centred mean directions ``u_c`` (rows of
+    ``directions`` ``(C, p)``) over the :func:`class_bins` (ū_I the mean direction of bin I): the Gram matrix M̃ᵀM̃
+    averaged block by block, ``(B, B)``, without the ``C × C`` matrix; M̃ᵀM̃ itself when C ≤ ``bins``."""
+    labels = class_bins(directions.shape[0], bins)
+    sizes = np.bincount(labels)
+    means = np.zeros((sizes.size, directions.shape[1]))
+    np.add.at(means, labels, directions)
+    means /= sizes[:, None]
+    return means @ means.T
+
+
+def binned_simplex_etf_gram(num_classes: int, bins: int = GRAM_IMAGE_PIXELS) -> np.ndarray:
+    """:func:`simplex_etf_gram` averaged over the blocks of :func:`class_bins`:
+    ``(C/(C−1))·[I = J]/|I| − 1/(C−1)``, ``(B, B)``; :func:`simplex_etf_gram` itself when C ≤ ``bins``."""
+    sizes = np.bincount(class_bins(num_classes, bins))
+    return (num_classes * np.diag(1.0 / sizes) - 1.0) / (num_classes - 1)
+
+
+def gram_comparison_image(
+    gram: np.ndarray, cell_pixels: int | None = None, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """HWC uint8 image: ``gram`` (M̃ᵀM̃, or its block averages) and ``reference`` (None: the simplex ETF of the
+    same size) side by side, colours on [−1, 1] (coolwarm).
+
+    ``cell_pixels`` per matrix entry; by default ``min(16, max(1, GRAM_IMAGE_PIXELS // B))`` for B rows.
     """
     num_classes = gram.shape[0]
     cell_pixels = cell_pixels or min(16, max(1, GRAM_IMAGE_PIXELS // num_classes))
     separator = np.full((num_classes, 1), np.nan)
-    panel = np.concatenate([gram, separator, simplex_etf_gram(num_classes)], axis=1)
+    reference = simplex_etf_gram(num_classes) if reference is None else reference
+    panel = np.concatenate([gram, separator, reference], axis=1)
     colours = coolwarm()((np.nan_to_num(panel, nan=0.0) + 1.0) / 2.0)[..., :3]
     colours[np.isnan(panel)] = 1.0
     image = np.kron(colours, np.ones((cell_pixels, cell_pixels, 1)))
