@@ -2,7 +2,10 @@
 
 ``W`` ``(C, p)``: random Gaussian rows in float64 (the metrics compute in float64 whatever they are given), the worst
 case for ρ's pruning (every row must be solved; a symmetric code needs one). GNC1 reads float32 features, ``n = C ×
---samples-per-class`` rows around ``W``'s rows, as a network would give them. Each metric runs in its own process:
+--samples-per-class`` rows around ``W``'s rows, as a network would give them. Two pieces of the collapse monitor's
+layer metrics run on ``W``'s rows as class means: ``mean_geometry`` (``geometry_of_means``: the Helmert coordinates
+``QᵀM̄ᵀ`` and their SVD) and ``pair_statistics`` (CDNV's and GNC2's sums over the ``C(C−1)/2`` pairs and the
+smallest distances, from the coordinates of that geometry, over Gram tiles). Each metric runs in its own process:
 
 - **peak memory added**: the peak resident memory during the metric's first call less the resident memory before
   it, the data built and BLAS warmed up (Linux: the peak ``VmHWM`` is reset by writing 5 to ``/proc/self/clear_refs``).
@@ -37,10 +40,12 @@ from ufm_torch.metrics.hyperspherical import (
     max_pairwise_cosine,
     softmax_code_margin_bounds,
 )
+from ufm_torch.metrics.neural_collapse import geometry_of_means
+from ufm_torch.metrics.variability import pair_statistics
 
 METRICS = [
     "gram", "max_pairwise_cosine", "hyperspherical_energy", "log_hyperspherical_energy", "gnc1", "gnc3",
-    "softmax_code_margin",
+    "softmax_code_margin", "mean_geometry", "pair_statistics",
 ]  # fmt: skip
 """What a child process measures; ``gram`` is the baseline ``W @ W.T`` itself."""
 
@@ -61,6 +66,8 @@ def reset_peak() -> None:
 def metric_call(name: str, weight: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> Callable[[], object]:
     """The call that computes ``name`` on the benchmark's data."""
     num_classes = weight.shape[0]
+    coordinates = geometry_of_means(weight).coordinates if name == "pair_statistics" else None
+    variances = weight.new_full((num_classes,), 0.25 * weight.shape[1])  # the features' σ_c² = 0.5² p
     calls = {
         "gram": lambda: weight @ weight.T,
         "max_pairwise_cosine": lambda: max_pairwise_cosine(weight),
@@ -69,6 +76,8 @@ def metric_call(name: str, weight: torch.Tensor, features: torch.Tensor, labels:
         "gnc1": lambda: gnc1(features, labels, num_classes),
         "gnc3": lambda: gnc3(weight, weight.flip(0)),
         "softmax_code_margin": lambda: softmax_code_margin_bounds(weight),
+        "mean_geometry": lambda: geometry_of_means(weight),
+        "pair_statistics": lambda: pair_statistics(coordinates, variances),
     }
     return calls[name]
 

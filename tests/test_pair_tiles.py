@@ -1,5 +1,6 @@
-"""The pair statistics of CDNV and GNC2 from Gram tiles agree with exact differences, and the Helmert coordinates
-``Qᵀx`` from cumulative sums agree with the Helmert basis itself (issue: no C × C matrix)."""
+"""The pair statistics of CDNV and GNC2 from Gram tiles agree with exact differences, NC2's cosine measures over
+tiles with the whole cosine matrix, and the Helmert coordinates ``Qᵀx`` from cumulative sums with the Helmert basis
+itself (issue: no C × C matrix)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from ufm_torch.metrics import (
     class_statistics,
     gnc2,
     layer_metrics_with_statistics,
+    neural_collapse,
     variability,
 )
-from ufm_torch.metrics.neural_collapse import geometry_of_means, helmert_coordinates
+from ufm_torch.metrics.neural_collapse import cosine_values, geometry_of_means, helmert_coordinates, tiled_cosine_values
 from ufm_torch.metrics.variability import PairStatistics, exact_pair_statistics, tiled_pair_statistics
 from ufm_torch.theory.deep_relu import helmert_basis
 
@@ -53,7 +55,7 @@ def test_tiles_equal_differences_on_random_means(
     points = torch.randn(*batch, num_classes, dim, dtype=DOUBLE, generator=generator)
     variances = torch.rand(*batch, num_classes, dtype=DOUBLE, generator=generator)
     if tile is not None:
-        monkeypatch.setattr(variability, "PAIR_TILE", tile * num_classes * max(1, math.prod(batch)))
+        monkeypatch.setattr(variability, "GRAM_TILE", tile * num_classes * max(1, math.prod(batch)))
     exact = exact_pair_statistics(points, variances)
     tiled = tiled_pair_statistics(points, variances)
     if num_classes == 2:  # one pair: GNC2 is a variance of one value, 0
@@ -72,7 +74,7 @@ def test_tiles_broadcast_variances_over_shared_means() -> None:
 
 def test_tiles_on_a_simplex_etf(monkeypatch: pytest.MonkeyPatch) -> None:
     num_classes = 12
-    monkeypatch.setattr(variability, "PAIR_TILE", 3 * num_classes)
+    monkeypatch.setattr(variability, "GRAM_TILE", 3 * num_classes)
     etf = math.sqrt(num_classes / (num_classes - 1)) * helmert_basis(num_classes).T  # unit rows, cos = −1/(C − 1)
     points = geometry_of_means(etf).coordinates
     variances = torch.full((num_classes,), 0.25, dtype=DOUBLE)
@@ -90,7 +92,7 @@ def test_nearly_coinciding_means_are_recomputed_from_differences(monkeypatch: py
     points = torch.randn(2, 20, 8, dtype=DOUBLE, generator=generator) + 10
     points[:, 7] = points[:, 3] + 1e-8 * torch.randn(2, 8, dtype=DOUBLE, generator=generator)
     variances = torch.rand(2, 20, dtype=DOUBLE, generator=generator)
-    monkeypatch.setattr(variability, "PAIR_TILE", 2 * 2 * 20)
+    monkeypatch.setattr(variability, "GRAM_TILE", 2 * 2 * 20)
     exact, tiled = exact_pair_statistics(points, variances), tiled_pair_statistics(points, variances)
     assert_relative(tiled, exact, 1e-10)
     monkeypatch.setattr(variability, "NEAR_PAIR", 0.0)  # no recompute: the close pair's distance is wrong
@@ -118,7 +120,8 @@ def test_layer_metrics_take_the_tiled_path_above_the_threshold(
     features[1, labels == 1] = features[1, labels == 1] - features[1, labels == 1].mean(0) + features[1].mean(0)
     exact = field_metrics(features, labels, weight)
     monkeypatch.setattr(variability, "GRAM_PAIR_THRESHOLD", 0)
-    monkeypatch.setattr(variability, "PAIR_TILE", 2 * num_classes)
+    monkeypatch.setattr(variability, "GRAM_TILE", 2 * num_classes)
+    monkeypatch.setattr(neural_collapse, "GRAM_TILE", 3 * num_classes)
     tiled = field_metrics(features, labels, weight)
     assert tiled.pop("warnings") == exact.pop("warnings")
     for name, value in exact.items():
@@ -143,3 +146,28 @@ def test_degenerate_means_are_masked_alike(monkeypatch: pytest.MonkeyPatch) -> N
     assert tiled[0].isnan().tolist() == [False, True, False] and tiled[1].isnan().tolist() == [True, True, False]
     for value, expected in zip(tiled, exact, strict=True):
         torch.testing.assert_close(value, expected, rtol=1e-12, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize(("num_classes", "batch"), [(2, ()), (3, (2,)), (17, (3,)), (40, (2, 3))])
+@pytest.mark.parametrize("rows", [1, 7, 1000])
+def test_nc2_cosine_tiles_equal_the_whole_matrix(
+    monkeypatch: pytest.MonkeyPatch, num_classes: int, batch: tuple[int, ...], rows: int
+) -> None:
+    generator = torch.Generator().manual_seed(num_classes)
+    means = torch.randn(*batch, num_classes, 5, dtype=DOUBLE, generator=generator)
+    unit = geometry_of_means(means).unit
+    unit[..., 1, :] = 0  # a class mean at μ_G: a zero row
+    monkeypatch.setattr(neural_collapse, "GRAM_TILE", 1 << 60)
+    whole = cosine_values(unit)  # the whole matrix
+    monkeypatch.setattr(neural_collapse, "GRAM_TILE", rows * num_classes * max(1, math.prod(batch)))
+    tiled = cosine_values(unit)  # tiles of `rows` rows (one tile for 1000)
+    for name, value in whole.items():
+        torch.testing.assert_close(tiled[name], value, rtol=1e-12, atol=1e-15, msg=name)
+
+
+def test_nc2_cosine_tiles_on_a_simplex_etf(monkeypatch: pytest.MonkeyPatch) -> None:
+    num_classes = 9
+    monkeypatch.setattr(neural_collapse, "GRAM_TILE", 2 * num_classes)
+    unit = math.sqrt(num_classes / (num_classes - 1)) * helmert_basis(num_classes).T
+    values = tiled_cosine_values(unit)
+    assert all(float(value) < 1e-15 for value in values.values()), values

@@ -35,8 +35,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ufm_torch.metrics.hyperspherical import PAIR_TILE
 from ufm_torch.metrics.neural_collapse import (
+    GRAM_TILE,
     SPREAD_TOLERANCE,
     MeanGeometry,
     classifier_values,
@@ -81,8 +81,8 @@ PAIR_CHUNK = 1 << 22
 GRAM_PAIR_THRESHOLD = PAIR_CHUNK
 """The largest ``P·d`` (pairs × numbers per pair, replicas included: one chunk of :data:`PAIR_CHUNK`) whose pair
 statistics come from exact differences ``x_i − x_j``; above it they come from tiles of the Gram matrix
-(:func:`tiled_pair_statistics`), ``O(C²d/2)`` multiply-adds in one GEMM per tile instead of ``P·d`` subtractions
-with their memory traffic (minutes at ``C = 10 000``, ``p = 512``)."""
+(:func:`tiled_pair_statistics`), ``C²d/2`` multiply-adds in one GEMM per tile instead of ``P·d`` subtractions with
+their memory traffic (13 minutes at ``C = 10 000``, ``p = 512``): past ``C ≈ 200`` for one replica, ``d = C − 1``."""
 
 NEAR_PAIR = 1e-6
 """On the Gram path, a pair with ``‖x_i − x_j‖² < NEAR_PAIR·(‖x_i‖² + ‖x_j‖²)`` has its distance recomputed from the
@@ -156,11 +156,12 @@ def exact_pair_statistics(points: Tensor, variances: Tensor) -> PairStatistics:
 
 def triangular_tiles(num_classes: int, numbers_per_entry: int) -> Iterator[tuple[int, int]]:
     """Blocks ``[start, stop)`` of rows ``i ≤ C − 2`` for tiles of the pairs ``i < j`` (rows ``i`` of the block,
-    columns ``j ≥ start``, so every row of a tile has a pair): at most :data:`PAIR_TILE` numbers
-    (``numbers_per_entry`` per entry, the replicas) each, at least one row; the tiles grow as fewer columns remain."""
+    columns ``j ≥ start``, so every row of a tile has a pair): at most
+    :data:`~ufm_torch.metrics.neural_collapse.GRAM_TILE` numbers (``numbers_per_entry`` per entry, the replicas)
+    each, at least one row; the tiles grow as fewer columns remain."""
     start = 0
     while start < num_classes - 1:
-        rows = max(1, PAIR_TILE // max(1, (num_classes - start) * numbers_per_entry))
+        rows = max(1, GRAM_TILE // max(1, (num_classes - start) * numbers_per_entry))
         yield start, min(num_classes - 1, start + rows)
         start += rows
 
@@ -201,8 +202,10 @@ def tiled_pair_statistics(points: Tensor, variances: Tensor) -> PairStatistics:
       ``M/P`` once ``n = P``;
     - the smallest ``d²`` and ``d̂²``, whose square roots are ``closest`` and ``closest_directions``.
 
-    Cost: ``C²d/2`` multiply-adds in GEMMs, tiles of at most :data:`PAIR_TILE` numbers (32 MiB of float64) and a few
-    temporaries of that size.
+    Cost: ``C²d/2`` multiply-adds in GEMMs, tiles of at most :data:`~ufm_torch.metrics.neural_collapse.GRAM_TILE`
+    numbers (8 MiB of float64) and a few temporaries of that size; only the tile's first ``b`` columns hold pairs
+    ``j ≤ i`` to leave out. At ``C = 10 000``, ``p = 512`` (one thread): 1.7–2.5 s and about 110 MiB, where the
+    differences took 787 s and 2.7 GiB (``docs/many_classes.md``, "Scale").
     """
     num_classes, width = points.shape[-2:]
     batch_shape = torch.broadcast_shapes(points.shape[:-2], variances.shape[:-1])
@@ -218,28 +221,33 @@ def tiled_pair_statistics(points: Tensor, variances: Tensor) -> PairStatistics:
         rows, columns = slice(start, stop), slice(start, None)
         gram = flat[:, rows] @ flat[:, columns].mT  # (B, b, w): rows start ≤ i < stop, columns j ≥ start
         block, width = gram.shape[-2:]
-        invalid = torch.arange(width, device=gram.device) <= torch.arange(block, device=gram.device)[:, None]
+        lower = torch.ones(block, block, dtype=torch.bool, device=gram.device).tril_()  # j ≤ i: not a pair
         unit = (gram * inverse_norms[:, rows, None]).mul_(inverse_norms[:, None, columns]).mul_(-2)
         unit.add_(unit_squares[:, rows, None]).add_(unit_squares[:, None, columns]).clamp_(min=0)
         distances = gram.mul_(-2).add_(squares[:, rows, None]).add_(squares[:, None, columns]).clamp_(min=0)
         limit = torch.add(squares[:, rows, None], squares[:, None, columns]).mul_(NEAR_PAIR)
         near = distances < limit
         near |= unit < torch.add(unit_squares[:, rows, None], unit_squares[:, None, columns], out=limit).mul_(NEAR_PAIR)
-        near &= ~invalid
+        near[..., :block].masked_fill_(lower, False)
         del limit
         if bool(near.any()):
             exact_squares(flat, distances, near, start)
             exact_squares(unit_flat, unit, near, start)
         del near
-        closest = torch.minimum(closest, distances.masked_fill_(invalid, torch.inf).amin(dim=(-2, -1)))
-        closest_unit = torch.minimum(closest_unit, unit.masked_fill_(invalid, torch.inf).amin(dim=(-2, -1)))
+        distances[..., :block].masked_fill_(lower, torch.inf)
+        unit[..., :block].masked_fill_(lower, torch.inf)
+        closest = torch.minimum(closest, distances.amin(dim=(-2, -1)))
+        closest_unit = torch.minimum(closest_unit, unit.amin(dim=(-2, -1)))
         ratios = (variances[:, rows, None] + variances[:, None, columns]).div_(distances.mul_(2))
-        cdnv_sum = cdnv_sum + ratios.masked_fill_(invalid, 0).sum(dim=(-2, -1))
+        cdnv_sum = cdnv_sum + ratios[..., :block].masked_fill_(lower, 0).sum(dim=(-2, -1))
+        cdnv_sum = cdnv_sum + ratios[..., block:].sum(dim=(-2, -1))
         del ratios, distances
         tile_count = block * width - block * (block + 1) // 2
-        logs = unit.log_().masked_fill_(invalid, 0)
+        logs = unit.log_()
+        logs[..., :block].masked_fill_(lower, 0)
         tile_mean = logs.sum(dim=(-2, -1)) / tile_count
-        tile_moment = logs.sub_(tile_mean[:, None, None]).square_().masked_fill_(invalid, 0).sum(dim=(-2, -1))
+        logs.sub_(tile_mean[:, None, None]).square_()[..., :block].masked_fill_(lower, 0)
+        tile_moment = logs.sum(dim=(-2, -1))
         delta, total = tile_mean - log_mean, count + tile_count
         log_mean = log_mean + delta * (tile_count / total)
         log_moment = log_moment + tile_moment + delta.square() * (count * tile_count / total)
