@@ -320,9 +320,10 @@ class CollapseMonitor(L.Callback):
         global optimum when it has one."""
         if self.closed_form:
             network = pl_module.network
+            logits = pl_module.current_logits()
+            without_logits = pl_module.objective_without_logits() if logits is None else None
             measurement = measure_free_features(
-                network, self.labels, self.plan.layers[0], pl_module.objective_value, pl_module.current_logits(),
-                pl_module.objective_without_logits(),
+                network, self.labels, self.plan.layers[0], pl_module.objective_value, logits, without_logits
             )
             if self.optimum is not None:
                 measurement.values.update(distances_to_optimum(network, trainer.datamodule.labels, self.optimum))

@@ -207,10 +207,11 @@ class CollapseModule(L.LightningModule):
         return {"loss": loss_per_replica.sum(), LOSS_TAG: mean_loss, TRAIN_ACCURACY_TAG: accuracy}
 
     def objective_without_logits(self) -> tuple[Tensor, Tensor] | None:
-        """f and the training accuracy per replica, ``((R,), (R,))``, of a UFM on the full batch whose logits exceed
-        one chunk of :mod:`ufm_torch.objectives.sample_chunks` (the spherical UFM at many classes), computed over
-        chunks of samples without holding the logits; None for every other network (the caller takes the logits)."""
-        if self.trains_free_layers or not has_fused_steps(self.network):
+        """f and the training accuracy per replica, ``((R,), (R,))``, of a spherical UFM (``network.normalize``,
+        whose steps work over chunks of samples) whose logits exceed one chunk of
+        :mod:`ufm_torch.objectives.sample_chunks`, computed over chunks without holding the logits; None for every
+        other network (the caller takes the logits)."""
+        if self.trains_free_layers or not has_fused_steps(self.network) or not self.network.normalize:
             return None
         features, head = self.network.closed_form_features(), self.network.head
         if fits_one_chunk(features, head.weight):
