@@ -213,20 +213,24 @@ class CollapseModule(L.LightningModule):
         other network (the caller takes the logits)."""
         if self.trains_free_layers or not has_fused_steps(self.network) or not self.network.normalize:
             return None
-        features, head = self.network.closed_form_features(), self.network.head
-        if fits_one_chunk(features, head.weight):
+        features = self.network.closed_form_features()
+        if fits_one_chunk(features, self.network.head.weight):
             return None
-        labels = self.trainer.datamodule.labels.to(features.device)
-        term = chunked_data_term(features, head.weight, labels, self.objective)
+        return self._objective_in_chunks(features, self.trainer.datamodule.labels.to(features.device))
+
+    def _objective_in_chunks(self, features: Tensor, row_labels: Tensor) -> tuple[Tensor, Tensor]:
+        """f (the data term over chunks of samples, :func:`chunked_data_term`, plus the penalty) and the accuracy per
+        replica of the UFM's present state, its rows labelled by ``row_labels``."""
+        head = self.network.head
+        term = chunked_data_term(features, head.weight, row_labels, self.objective)
         penalty = self.objective.penalty(features, head.weight, head.bias if head.has_bias else None)
         return term.value + penalty, term.accuracy
 
     def _chunked_step_output(self, features: Tensor, row_labels: Tensor) -> StepOutput:
         """:meth:`_step_output` of a state whose logits are too many to hold (the spherical UFM past
-        :data:`~ufm_torch.objectives.sample_chunks.CHUNK_ENTRIES`), from the data term and the accuracy computed over
-        chunks of samples (the spherical UFM has no penalty)."""
-        term = chunked_data_term(features, self.network.head.weight, row_labels, self.objective)
-        return {"loss": term.value.sum(), LOSS_TAG: term.value.mean(), TRAIN_ACCURACY_TAG: term.accuracy.mean()}
+        :data:`~ufm_torch.objectives.sample_chunks.CHUNK_ENTRIES`), from :meth:`_objective_in_chunks`."""
+        value, accuracy = self._objective_in_chunks(features, row_labels)
+        return {"loss": value.sum(), LOSS_TAG: value.mean(), TRAIN_ACCURACY_TAG: accuracy.mean()}
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         """The configured optimiser over all parameters of the network, with its scheduler (stepped every step) if
