@@ -115,13 +115,11 @@ def orthoplex_figure(jobs: Sequence[Job]) -> Figure:
     cross_axes.set_ylabel("max |cos| across blocks\n(other geometries: max cos)")
     cross_axes.set_title("Orthogonality of the blocks")
     margin_axes.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    margin_axes.text(0.01, 1.0, " ρ ≤ 1 (Radon); the prediction has ρ = 1", transform=margin_axes.get_yaxis_transform(),
-                     va="bottom", fontsize=8)  # fmt: skip
     lowest = min((item.margin for items in cases.values() for item in items), default=1.0)
     span = max(1.0 - lowest, 1e-3)
     margin_axes.set_ylim(lowest - 0.05 * span, 1.0 + 0.1 * span)
     margin_axes.set_ylabel("softmax-code margin ρ(W)")
-    margin_axes.set_title("One-vs-rest margin ρ(W)")
+    margin_axes.set_title("One-vs-rest margin ρ(W) (dashed: ρ ≤ 1 by Radon, the prediction's ρ = 1)")
     gap_axes.set_yscale("symlog", linthresh=LOSS_LINEAR_RANGE)
     gap_axes.axhline(0.0, color="grey", linewidth=1)
     gap_axes.set_ylabel("loss − predicted loss (per sample)")
