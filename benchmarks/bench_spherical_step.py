@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -60,7 +61,7 @@ def chunked_products(features: torch.Tensor, weight: torch.Tensor, count: int) -
             torch.bmm(logits.transpose(-1, -2), block)
 
 
-def timed(call: object, device: torch.device) -> float:
+def timed(call: Callable[[], object], device: torch.device) -> float:
     """Seconds of one call of ``call``."""
     synchronize(device)
     start = time.perf_counter()

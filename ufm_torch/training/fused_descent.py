@@ -65,14 +65,20 @@ FOLDED_BIAS_LIMIT = 2**20
 weights: above it the arithmetic dominates and the copies would only add memory traffic."""
 
 
-def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> PerReplica | None:
-    """The step size η if ``optimizer`` is plain gradient descent (``x ← x − η∇R``), else None: a number, or a
-    tuple of one per replica for :class:`~ufm_torch.training.replica_sgd.ReplicaSGD`."""
+def undecayed_sgd_group(optimizer: torch.optim.Optimizer) -> dict | None:
+    """The one parameter group of ``optimizer`` if it is SGD (``torch.optim.SGD`` or :class:`ReplicaSGD`, one group)
+    without weight decay and not maximising, else None: plain descent or heavy ball on the gradient alone."""
     if type(optimizer) not in (torch.optim.SGD, ReplicaSGD) or len(optimizer.param_groups) != 1:
         return None
     group = optimizer.param_groups[0]
-    plain = group["momentum"] == 0 and group["weight_decay"] == 0 and not group["maximize"]
-    if not plain:
+    return group if group["weight_decay"] == 0 and not group["maximize"] else None
+
+
+def plain_gradient_descent_rate(optimizer: torch.optim.Optimizer) -> PerReplica | None:
+    """The step size η if ``optimizer`` is plain gradient descent (``x ← x − η∇R``), else None: a number, or a
+    tuple of one per replica for :class:`~ufm_torch.training.replica_sgd.ReplicaSGD`."""
+    group = undecayed_sgd_group(optimizer)
+    if group is None or group["momentum"] != 0:
         return None
     return group["lr"] if isinstance(group["lr"], tuple) else float(group["lr"])
 
@@ -178,7 +184,7 @@ def spherical_steps(
     other optimisers. Returns the final logits when they fit one chunk of :mod:`ufm_torch.objectives.sample_chunks`,
     else None (the caller measures the state chunk by chunk)."""
     step_size = plain_gradient_descent_rate(optimizer.optimizer)
-    if not is_riemannian_sgd(optimizer.optimizer):
+    if undecayed_sgd_group(optimizer.optimizer) is None:
         raise ValueError("model.normalize=true trains with SGD only (plain or with momentum, no weight decay)")
     features, weight = network.closed_form_features(), network.head.weight
     if step_size is not None and not through_optimizer:
@@ -192,16 +198,6 @@ def spherical_steps(
             retract_rows(features)
             retract_rows(weight)
     return torch.bmm(features, weight.transpose(-1, -2)) if fits_one_chunk(features, weight) else None
-
-
-def is_riemannian_sgd(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer`` is SGD (``torch.optim.SGD`` or :class:`ReplicaSGD`, one group) without weight decay:
-    the optimisers the spherical UFM trains with (plain descent, or heavy ball with the buffer transported by
-    :func:`transport_momentum`)."""
-    if type(optimizer) not in (torch.optim.SGD, ReplicaSGD) or len(optimizer.param_groups) != 1:
-        return False
-    group = optimizer.param_groups[0]
-    return group["weight_decay"] == 0 and not group["maximize"]
 
 
 def transport_momentum(optimizer: torch.optim.Optimizer, points: tuple[Tensor, ...]) -> None:
